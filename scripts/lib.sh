@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Shared helpers for kmsd's scripts: idempotent installs, the FerretDB build, token creation.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SOFTHSM_LIB="${SOFTHSM_LIB:-/usr/lib/softhsm/libsofthsm2.so}"
+FERRETDB_BIN="$ROOT/.cache/ferretdb-kmsd"
+
+log() { printf '[kmsd] %s\n' "$*" >&2; }
+
+# SoftHSM2 + OpenSC (pkcs11-tool) from Debian, only when missing.
+ensure_softhsm() {
+  if [ -e "$SOFTHSM_LIB" ] && command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null; then return; fi
+  log "installing softhsm2 and opensc from Debian"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc >/dev/null
+}
+
+# node_modules (with the native builds of pkcs11js and sqlite3) and the compiled dist/.
+ensure_node() {
+  cd "$ROOT"
+  if [ ! -f node_modules/pkcs11js/build/Release/pkcs11.node ] || [ ! -f node_modules/sqlite3/build/Release/node_sqlite3.node ] \
+     || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    log "installing npm dependencies"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+  log "compiling TypeScript"
+  npx tsc -p tsconfig.json
+}
+
+# FerretDB 1.24 (SQLite backend) embedded in a tiny Go main; built once, cached in .cache/.
+ensure_ferretdb() {
+  if [ -x "$FERRETDB_BIN" ] && [ "$FERRETDB_BIN" -nt "$ROOT/scripts/ferretdb/main.go" ] && [ "$FERRETDB_BIN" -nt "$ROOT/scripts/ferretdb/go.sum" ]; then return; fi
+  log "building FerretDB 1.24 (embedded, SQLite backend) from the Go module proxy"
+  mkdir -p "$ROOT/.cache"
+  (cd "$ROOT/scripts/ferretdb" && go build -o "$FERRETDB_BIN" .)
+}
+
+# Writes a softhsm2.conf for a token directory and initialises one token in it.
+# usage: init_token DIR LABEL PIN  (prints the conf path)
+init_token() {
+  local dir="$1" label="$2" pin="$3"
+  mkdir -p "$dir/tokens"
+  local conf="$dir/softhsm2.conf"
+  if [ ! -f "$conf" ]; then
+    sed "s#@TOKENDIR@#$dir/tokens#" "$ROOT/hsm/softhsm2.conf.template" > "$conf"
+  fi
+  if ! SOFTHSM2_CONF="$conf" softhsm2-util --show-slots 2>/dev/null | grep -q "Label:\s*$label\s*$"; then
+    SOFTHSM2_CONF="$conf" softhsm2-util --init-token --free --label "$label" --so-pin "so-$pin" --pin "$pin" >/dev/null
+  fi
+  echo "$conf"
+}

@@ -1,0 +1,46 @@
+import { randomUUID } from 'node:crypto';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { requestIdFrom } from './context.js';
+import { errorHandler, sendError } from './errors.js';
+import { auditRoutes } from './routes/audit.js';
+import { byokRoutes } from './routes/byok.js';
+import { cryptoRoutes } from './routes/crypto.js';
+import { keyRoutes } from './routes/keys.js';
+import { systemRoutes } from './routes/system.js';
+import type { Services } from './services.js';
+
+/** Builds the Express application of the KMS API. */
+export function createApp(s: Services, version: string): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  app.set('query parser', 'extended');
+
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    const id = requestIdFrom(req, randomUUID);
+    res.locals.requestId = id;
+    res.setHeader('X-Request-Id', id);
+    const started = process.hrtime.bigint();
+    res.on('finish', () => {
+      const route = (req.route?.path as string | undefined) ?? 'unmatched';
+      s.metrics.httpRequests.inc({ route, method: req.method, status: String(res.statusCode) });
+      s.metrics.httpDuration.observe({ route, method: req.method }, Number(process.hrtime.bigint() - started) / 1e9);
+    });
+    next();
+  });
+
+  // JSON bodies only; anything larger than limits.maxBodyBytes is 413 PayloadTooLarge.
+  app.use(express.json({ limit: s.config.limits.maxBodyBytes, strict: false, type: ['application/json', 'application/*+json'] }));
+
+  app.use(systemRoutes(s, version));
+  app.use(auditRoutes(s));
+  app.use(byokRoutes(s));
+  app.use(keyRoutes(s));
+  app.use(cryptoRoutes(s));
+
+  app.use((_req: Request, res: Response) => {
+    sendError(res, { status: 404, code: 'NotFound', message: 'no such route' }, String(res.locals.requestId));
+  });
+  app.use(errorHandler(s.log));
+  return app;
+}

@@ -1,0 +1,88 @@
+import type { Request, RequestHandler, Response } from 'express';
+import { KmsError, validation } from '../errors.js';
+import { mapError, sendError } from './errors.js';
+import { bearerToken, requireOrganisation, RequestContext } from './context.js';
+import type { Services } from './services.js';
+
+export interface Reply {
+  status?: number;
+  body: unknown;
+}
+
+export type RouteBody = (req: Request, ctx: RequestContext) => Reply | Promise<Reply>;
+
+export interface RouteOptions {
+  /** Route has a `:region` parameter. */
+  regional: boolean;
+  /** Organisations with kmsEnabled: false may still call it (summary answers featureEnabled: false). */
+  allowDisabledOrg?: boolean;
+  /** Do not resolve or require the region's token (e.g. audit reads). */
+  tokenOptional?: boolean;
+}
+
+/**
+ * Wraps one API operation: authentication, organisation and region checks, the handler,
+ * then the audit record — the response leaves only after that record is committed, for
+ * allowed and denied requests alike.
+ */
+export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: RouteBody): RequestHandler {
+  return async (req: Request, res: Response) => {
+    const requestId = String(res.locals.requestId);
+    const region = opts.regional ? String(req.params.region) : undefined;
+    let ctx: RequestContext | undefined;
+    let principal: string | null = null;
+    let organisation: string | null = null;
+    try {
+      const token = bearerToken(req);
+      if (!token) throw new KmsError('Unauthenticated', 'missing Authorization header (Bearer or Token)');
+      const p = s.principals.authenticate(token);
+      if (!p) throw new KmsError('Unauthenticated', 'unknown token');
+      principal = p.name;
+      organisation = requireOrganisation(req);
+      if (!p.organisations.includes(organisation)) throw new KmsError('Forbidden', `principal ${p.name} is not a member of organisation ${organisation}`);
+      const org = s.config.organisations.find((o) => o.identity === organisation);
+      if (!opts.allowDisabledOrg && !org?.kmsEnabled) throw new KmsError('KmsNotEnabled', `KMS is not enabled for organisation ${organisation}`);
+      const project = typeof req.headers['x-project-identity'] === 'string' ? req.headers['x-project-identity'] : '';
+      if (project.length > 128) throw validation('X-Project-Identity: at most 128 characters');
+      if (region !== undefined) {
+        if (!s.regions.has(region)) throw new KmsError('NotFound', `region ${region} not found`);
+        if (!opts.tokenOptional) s.regions.require(region);
+      }
+      await s.keys.fresh();
+      ctx = new RequestContext(s, requestId, p, organisation, project, region);
+      const reply = await body(req, ctx);
+      await s.audit.record({
+        action,
+        outcome: 'success',
+        region: region ?? null,
+        keyIdentity: ctx.auditKey ?? null,
+        keyVersion: ctx.auditVersion ?? null,
+        principal,
+        organisation,
+        requestId,
+        detail: ctx.auditDetail ?? null,
+      });
+      res.status(reply.status ?? 200).json(reply.body);
+    } catch (e) {
+      const m = mapError(e, region);
+      if (m.status >= 500 && m.code === 'InternalError')
+        s.log.error('request failed', { requestId, action, error: (e as Error)?.stack ?? String(e) });
+      try {
+        await s.audit.record({
+          action,
+          outcome: [401, 403, 404].includes(m.status) ? 'denied' : 'failure',
+          region: region ?? null,
+          keyIdentity: ctx?.auditKey ?? null,
+          principal,
+          organisation,
+          requestId,
+          detail: { code: m.code, status: m.status },
+        });
+      } catch (auditErr) {
+        s.log.error('audit record failed', { requestId, error: String(auditErr) });
+        return sendError(res, { status: 500, code: 'InternalError', message: 'audit trail unavailable' }, requestId);
+      }
+      sendError(res, m, requestId);
+    }
+  };
+}

@@ -1,0 +1,148 @@
+import { Router, type Request } from 'express';
+import { KmsError } from '../../errors.js';
+import { kmsRoute } from '../handler.js';
+import { querySchemas, schemas } from '../schemas.js';
+import type { Services } from '../services.js';
+import { parse } from '../validate.js';
+import { keyToWire } from '../wire.js';
+
+const REGIONAL = { regional: true } as const;
+
+/** matchLabels[k]=v arrives as an object (extended query parser) or as literal bracket keys. */
+function labelFilter(req: Request): Record<string, string> | undefined {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.query)) {
+    if (k === 'matchLabels' && v && typeof v === 'object' && !Array.isArray(v))
+      for (const [lk, lv] of Object.entries(v)) out[lk] = String(lv);
+    const m = /^matchLabels\[(.+)\]$/.exec(k);
+    if (m) out[m[1]!] = String(v);
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
+function plainQuery(req: Request): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(req.query).filter(([k, v]) => !k.startsWith('matchLabels') && typeof v === 'string'));
+}
+
+/** Key management: /v1/kms/{region}/keys… (Thalassa paths) and /v1/kms/summary. */
+export function keyRoutes(s: Services): Router {
+  const r = Router();
+
+  r.get(
+    '/v1/kms/summary',
+    kmsRoute(s, 'kms.summary', { regional: false, allowDisabledOrg: true }, (_req, ctx) => {
+      const enabled = s.config.organisations.find((o) => o.identity === ctx.organisation)?.kmsEnabled ?? false;
+      if (!enabled) return { body: { featureEnabled: false, regions: [] } };
+      const counts = s.keys.summary(ctx.organisation);
+      const regions = [...s.regions.tokens.entries()].map(([name, t]) => {
+        const c = counts.get(name) ?? { active: 0, disabled: 0, pending_deletion: 0 };
+        return {
+          identity: name,
+          name,
+          slug: name,
+          kmsAvailable: t.available,
+          totalKeys: c.active + c.disabled + c.pending_deletion,
+          activeKeys: c.active,
+          disabledKeys: c.disabled,
+          pendingDeletionKeys: c.pending_deletion,
+        };
+      });
+      return { body: { featureEnabled: true, regions } };
+    }),
+  );
+
+  r.get(
+    '/v1/kms/:region/keys',
+    kmsRoute(s, 'kms.list', REGIONAL, (req, ctx) => {
+      ctx.require('read');
+      const q = parse(querySchemas.listKeys, plainQuery(req), 'query');
+      if (q.region && q.region !== ctx.region) return { body: [] };
+      return { body: s.keys.list(ctx.scope, { ...q, labels: labelFilter(req) }).map(keyToWire) };
+    }),
+  );
+
+  r.post(
+    '/v1/kms/:region/keys',
+    kmsRoute(s, 'kms.create', REGIONAL, async (req, ctx) => {
+      ctx.require('create');
+      const body = parse(schemas.createKey, req.body);
+      let key;
+      if (body.importKeyMaterial !== undefined) {
+        ctx.require('import');
+        key = await s.byok.createFromWrappingKey(ctx.scope, { ...body, importKeyMaterial: body.importKeyMaterial });
+        ctx.auditDetail = { imported: true };
+      } else {
+        if (body.hashFunction !== undefined) throw new KmsError('ValidationError', 'hashFunction: only with importKeyMaterial');
+        if (body.allowRotation !== undefined && !body.allowRotation)
+          throw new KmsError('ValidationError', 'allowRotation: only meaningful with importKeyMaterial');
+        key = await s.keys.create(ctx.scope, body);
+      }
+      ctx.auditKey = key.identity;
+      ctx.auditVersion = '1';
+      return { status: 201, body: keyToWire(key) };
+    }),
+  );
+
+  r.get(
+    '/v1/kms/:region/keys/:id',
+    kmsRoute(s, 'kms.get', REGIONAL, (req, ctx) => ({ body: keyToWire(ctx.key(String(req.params.id), 'read')) })),
+  );
+
+  r.patch(
+    '/v1/kms/:region/keys/:id',
+    kmsRoute(s, 'kms.update', REGIONAL, async (req, ctx) => {
+      const key = ctx.key(String(req.params.id), 'update');
+      const body = parse(schemas.patchKey, req.body);
+      return { body: keyToWire(await s.keys.setMinDecryptionVersion(key, body.minDecryptionVersion)) };
+    }),
+  );
+
+  r.post(
+    '/v1/kms/:region/keys/:id/rotate',
+    kmsRoute(s, 'kms.rotate', REGIONAL, async (req, ctx) => {
+      const key = await s.rotation.rotateManual(ctx.key(String(req.params.id), 'update'));
+      ctx.auditVersion = String(key.latestVersion);
+      return { body: keyToWire(key) };
+    }),
+  );
+
+  r.patch(
+    '/v1/kms/:region/keys/:id/rotation',
+    kmsRoute(s, 'kms.rotation.update', REGIONAL, async (req, ctx) => {
+      const key = ctx.key(String(req.params.id), 'update');
+      const body = parse(schemas.updateRotation, req.body);
+      return { body: keyToWire(await s.rotation.updatePolicy(key, body, ctx.requestId)) };
+    }),
+  );
+
+  r.post(
+    '/v1/kms/:region/keys/:id/disable',
+    kmsRoute(s, 'kms.disable', REGIONAL, async (req, ctx) => ({
+      body: keyToWire(await s.keys.disable(ctx.key(String(req.params.id), 'update'))),
+    })),
+  );
+
+  r.post(
+    '/v1/kms/:region/keys/:id/enable',
+    kmsRoute(s, 'kms.enable', REGIONAL, async (req, ctx) => ({
+      body: keyToWire(await s.keys.enable(ctx.key(String(req.params.id), 'update'))),
+    })),
+  );
+
+  r.delete(
+    '/v1/kms/:region/keys/:id',
+    kmsRoute(s, 'kms.delete.scheduled', REGIONAL, async (req, ctx) => {
+      const key = ctx.key(String(req.params.id), 'delete');
+      const q = parse(querySchemas.deleteKey, plainQuery(req), 'query');
+      return { body: keyToWire(await s.keys.scheduleDeletion(key, q.pendingWindowInDays ?? 30)) };
+    }),
+  );
+
+  const cancel = kmsRoute(s, 'kms.delete.cancel', REGIONAL, async (req, ctx) => ({
+    body: keyToWire(await s.keys.cancelDeletion(ctx.key(String(req.params.id), 'delete'))),
+  }));
+  r.delete('/v1/kms/:region/keys/:id/cancel-deletion', cancel);
+  r.post('/v1/kms/:region/keys/:id/cancel-deletion', cancel);
+
+  return r;
+}

@@ -1,0 +1,108 @@
+import { z } from 'zod';
+import { isBase64 } from '../crypto/versioned.js';
+import { KEY_TYPE_NAMES } from '../keys/key-types.js';
+import { MAX_PERIOD_DAYS, MIN_PERIOD_DAYS } from '../rotation/policy.js';
+
+/**
+ * Every request body of the HTTP API, in one module: these schemas validate requests and are
+ * also what /openapi.json is generated from, so the document cannot drift from the code.
+ * Field names and JSON types follow the Thalassa Go client (../shared/THALASSA-CLIENT.md).
+ */
+const b64 = z.string().refine(isBase64, { message: 'must be standard base64' });
+const stringMap = z.record(z.string(), z.string());
+/** Key versions are strings on the wire; integers are accepted too. */
+export const keyVersion = z
+  .union([z.string().regex(/^[1-9][0-9]{0,8}$/, 'must be a positive integer'), z.number().int().min(1).max(999_999_999)])
+  .transform(Number);
+const period = z.number().int().min(MIN_PERIOD_DAYS).max(MAX_PERIOD_DAYS);
+const hashAlgorithm = z.string().max(16);
+const hashFunction = z.enum(['SHA1', 'SHA256', 'SHA384', 'SHA512']);
+
+const createFields = {
+  name: z.string().min(1).max(255),
+  keyType: z.enum(KEY_TYPE_NAMES),
+  description: z.string().max(1024).optional(),
+  labels: stringMap.optional(),
+  annotations: stringMap.optional(),
+  exportAllowed: z.boolean().optional(),
+  keyRotationEnabled: z.boolean().optional(),
+  rotationPeriodInDays: period.optional(),
+  allowRotation: z.boolean().optional(),
+};
+
+export const schemas = {
+  createKey: z.strictObject({ ...createFields, importKeyMaterial: b64.optional(), hashFunction: hashFunction.optional() }),
+  updateRotation: z.strictObject({ keyRotationEnabled: z.boolean().optional(), rotationPeriodInDays: period.optional() }),
+  patchKey: z.strictObject({ minDecryptionVersion: z.number().int().min(1) }),
+  encrypt: z.strictObject({
+    plaintext: b64.optional(),
+    keyVersion: keyVersion.optional(),
+    aad: b64.optional(),
+    batch: z.array(z.strictObject({ plaintext: b64, aad: b64.optional() })).optional(),
+  }),
+  decrypt: z.strictObject({
+    ciphertext: z.string().optional(),
+    aad: b64.optional(),
+    batch: z.array(z.strictObject({ ciphertext: z.string(), aad: b64.optional() })).optional(),
+  }),
+  reEncrypt: z.strictObject({ ciphertext: z.string(), aad: b64.optional(), destinationKey: z.string().min(1).max(255).optional() }),
+  generateDataKey: z.strictObject({
+    keySpec: z.enum(['AES_256', 'AES_128']).optional(),
+    includePlaintext: z.boolean().optional(),
+    aad: b64.optional(),
+  }),
+  sign: z.strictObject({
+    input: b64,
+    keyVersion: keyVersion.optional(),
+    hashAlgorithm: hashAlgorithm.optional(),
+    prehashed: z.boolean().optional(),
+    signatureAlgorithm: z.enum(['pss', 'pkcs1v15']).optional(),
+    context: z.string().optional(),
+  }),
+  verify: z.strictObject({
+    input: b64,
+    signature: z.string(),
+    hashAlgorithm: hashAlgorithm.optional(),
+    prehashed: z.boolean().optional(),
+    signatureAlgorithm: z.enum(['pss', 'pkcs1v15']).optional(),
+    context: z.string().optional(),
+  }),
+  hmac: z.strictObject({ input: b64, keyVersion: keyVersion.optional(), algorithm: hashAlgorithm.optional() }),
+  verifyHmac: z.strictObject({ input: b64, hmac: z.string(), hashAlgorithm: hashAlgorithm.optional() }),
+  decryptAsymmetric: z.strictObject({ ciphertext: b64, keyVersion: keyVersion.optional(), hashFunction: hashFunction.optional() }),
+  export: z.strictObject({
+    keyVersion: keyVersion.optional(),
+    wrappingPublicKeyPem: z.string().min(1).max(16384).optional(),
+    hashFunction: hashFunction.optional(),
+  }),
+  importParameters: z.strictObject({
+    keyType: z.enum(KEY_TYPE_NAMES),
+    wrappingAlgorithm: z.enum(['RSA_OAEP_SHA1', 'RSA_OAEP_SHA256', 'RSA_AES_KEY_WRAP_SHA1', 'RSA_AES_KEY_WRAP_SHA256']),
+  }),
+  importKey: z.strictObject({ ...createFields, importToken: z.string().min(1).max(256), wrappedKeyMaterial: b64 }),
+  importVersion: z.strictObject({ importToken: z.string().min(1).max(256), wrappedKeyMaterial: b64 }),
+  advanceClock: z.strictObject({ advanceSeconds: z.number().min(0).max(100 * 365 * 86400) }),
+} as const;
+
+export const querySchemas = {
+  listKeys: z.object({
+    identity: z.string().optional(),
+    name: z.string().optional(),
+    slug: z.string().optional(),
+    status: z.enum(['active', 'disabled', 'pending_deletion']).optional(),
+    region: z.string().optional(),
+  }),
+  deleteKey: z.object({ pendingWindowInDays: z.coerce.number().int().min(7).max(30).optional() }),
+  publicKey: z.object({ version: keyVersion.optional() }),
+  audit: z.object({
+    keyIdentity: z.string().optional(),
+    action: z.string().optional(),
+    since: z.iso.datetime({ offset: true }).optional(),
+    limit: z.coerce.number().int().min(1).max(10000).optional(),
+  }),
+};
+
+export type Schemas = typeof schemas;
+export type Body<K extends keyof Schemas> = z.output<Schemas[K]>;
+
+export { z };

@@ -1,0 +1,35 @@
+import { rotationStatus, type KeyRecord } from '../keys/model.js';
+
+/** The key resource exactly as the contract and the Thalassa Go client expect it. */
+export function keyToWire(k: KeyRecord) {
+  const out: Record<string, unknown> = {
+    identity: k.identity,
+    name: k.name,
+    slug: k.slug,
+    description: k.description,
+    labels: k.labels,
+    annotations: k.annotations,
+    projectId: k.project,
+    keyType: k.keyType,
+    status: k.status,
+    exportAllowed: k.exportAllowed,
+    imported: k.imported,
+    allowRotation: k.allowRotation,
+    keyRotationEnabled: k.rotationEnabled,
+    latestVersion: k.latestVersion,
+    minDecryptionVersion: k.minDecryptionVersion,
+    versions: k.versions.map((v) => ({ version: v.version, status: v.status, createdAt: v.createdAt })),
+    createdAt: k.createdAt,
+    updatedAt: k.updatedAt,
+    objectVersion: k.objectVersion,
+    organisation: { identity: k.organisation, name: k.organisation, slug: k.organisation, description: '', labels: {}, annotations: {} },
+    region: k.region,
+    rotationStatus: rotationStatus(k),
+    lastRotationDate: k.lastRotationAt,
+    nextRotationDate: k.rotationEnabled ? k.nextRotationAt : null,
+    deletionDate: k.deletionAt,
+  };
+  // The Go client declares rotationPeriodInDays as an integer or absent: never null.
+  if (k.rotationPeriodDays !== null) out.rotationPeriodInDays = k.rotationPeriodDays;
+  return out;
+}

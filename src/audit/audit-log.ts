@@ -1,0 +1,195 @@
+import { createHash } from 'node:crypto';
+import type { Clock } from '../clock.js';
+import type { Database, Tx } from '../store/database.js';
+
+export type AuditOutcome = 'success' | 'denied' | 'failure';
+
+export interface AuditEvent {
+  action: string;
+  outcome: AuditOutcome;
+  region?: string | null;
+  keyIdentity?: string | null;
+  keyVersion?: string | null;
+  principal?: string | null;
+  organisation?: string | null;
+  requestId?: string | null;
+  /** Extra context: error code, XKS request metadata. Never plaintext, material or tokens. */
+  detail?: Record<string, unknown> | null;
+}
+
+export interface StoredAuditEvent extends AuditEvent {
+  seq: number;
+  time: string;
+}
+
+const GENESIS = '0'.repeat(64);
+const MAX_BATCH = 1000;
+const ROWS_PER_INSERT = 60; // 13 columns × 60 rows stays far below SQLite's bound-parameter limit
+
+/** The hashed content of one record: every column but the hash itself, in a fixed order. */
+function recordHash(e: StoredAuditEvent, prevHash: string): string {
+  return createHash('sha256')
+    .update(
+      JSON.stringify([
+        e.seq,
+        e.time,
+        e.action,
+        e.outcome,
+        e.region ?? null,
+        e.keyIdentity ?? null,
+        e.keyVersion ?? null,
+        e.principal ?? null,
+        e.organisation ?? null,
+        e.requestId ?? null,
+        e.detail ? JSON.stringify(e.detail) : null,
+        prevHash,
+      ]),
+    )
+    .digest('hex');
+}
+
+interface Pending {
+  event: AuditEvent;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/**
+ * Tamper-evident audit trail with group commit: records arriving while a commit is in flight
+ * are written together in the next transaction, and each caller's promise settles only once
+ * its record is durably committed. One hash chain for the whole data dir: the previous hash
+ * is read inside the write transaction, so several processes extend the same chain.
+ */
+export class AuditLog {
+  private queue: Pending[] = [];
+  private flushing = false;
+  committed = 0;
+
+  constructor(
+    private readonly db: Database,
+    private readonly clock: Clock,
+    private readonly onBatch: (n: number) => void = () => {},
+  ) {}
+
+  record(event: AuditEvent): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ event, resolve, reject });
+      if (!this.flushing) {
+        this.flushing = true;
+        setImmediate(() => void this.flush());
+      }
+    });
+  }
+
+  private async flush(): Promise<void> {
+    while (this.queue.length) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      try {
+        await this.db.transaction((tx) => this.append(tx, batch.map((p) => p.event)));
+        this.committed += batch.length;
+        this.onBatch(batch.length);
+        for (const p of batch) p.resolve();
+      } catch (e) {
+        for (const p of batch) p.reject(e);
+      }
+    }
+    this.flushing = false;
+  }
+
+  private async append(tx: Tx, events: AuditEvent[]): Promise<void> {
+    const last = await tx.get<{ seq: number; hash: string }>('SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1');
+    let seq = last?.seq ?? 0;
+    let prev = last?.hash ?? GENESIS;
+    const time = this.clock.nowIso();
+    const rows: unknown[][] = [];
+    for (const e of events) {
+      const stored: StoredAuditEvent = { ...e, seq: ++seq, time };
+      const hash = recordHash(stored, prev);
+      rows.push([
+        stored.seq,
+        time,
+        e.action,
+        e.outcome,
+        e.region ?? null,
+        e.keyIdentity ?? null,
+        e.keyVersion ?? null,
+        e.principal ?? null,
+        e.organisation ?? null,
+        e.requestId ?? null,
+        e.detail ? JSON.stringify(e.detail) : null,
+        prev,
+        hash,
+      ]);
+      prev = hash;
+    }
+    for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
+      const chunk = rows.slice(i, i + ROWS_PER_INSERT);
+      await tx.run(
+        `INSERT INTO audit_events (seq, time, action, outcome, region, key_identity, key_version, principal, organisation, request_id, detail, prev_hash, hash) VALUES ${chunk
+          .map(() => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+          .join(', ')}`,
+        chunk.flat(),
+      );
+    }
+  }
+
+  /** Recomputes the whole chain; an edited, inserted or deleted row makes it invalid. */
+  async verify(): Promise<{ valid: boolean; events: number; brokenAt?: number }> {
+    let prev = GENESIS;
+    let expectSeq = 1;
+    let count = 0;
+    for (;;) {
+      const rows = await this.db.all<Record<string, unknown>>(
+        'SELECT * FROM audit_events WHERE seq >= ? ORDER BY seq LIMIT 5000',
+        [expectSeq],
+      );
+      if (!rows.length) break;
+      for (const r of rows) {
+        const e = fromRow(r);
+        if (e.seq !== expectSeq || r.prev_hash !== prev || recordHash(e, prev) !== r.hash)
+          return { valid: false, events: count, brokenAt: e.seq };
+        prev = String(r.hash);
+        expectSeq++;
+        count++;
+      }
+    }
+    return { valid: true, events: count };
+  }
+
+  async query(f: {
+    organisation: string;
+    region?: string;
+    keyIdentity?: string;
+    action?: string;
+    since?: string;
+    limit: number;
+  }): Promise<StoredAuditEvent[]> {
+    const where = ['organisation = ?'];
+    const params: unknown[] = [f.organisation];
+    if (f.region) (where.push('region = ?'), params.push(f.region));
+    if (f.keyIdentity) (where.push('key_identity = ?'), params.push(f.keyIdentity));
+    if (f.action) (where.push('action = ?'), params.push(f.action));
+    if (f.since) (where.push('time >= ?'), params.push(f.since));
+    const rows = await this.db.all<Record<string, unknown>>(
+      `SELECT * FROM audit_events WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT ?`,
+      [...params, f.limit],
+    );
+    return rows.map(fromRow).reverse();
+  }
+}
+
+function fromRow(r: Record<string, unknown>): StoredAuditEvent {
+  return {
+    seq: Number(r.seq),
+    time: String(r.time),
+    action: String(r.action),
+    outcome: r.outcome as AuditOutcome,
+    region: (r.region as string) ?? null,
+    keyIdentity: (r.key_identity as string) ?? null,
+    keyVersion: (r.key_version as string) ?? null,
+    principal: (r.principal as string) ?? null,
+    organisation: (r.organisation as string) ?? null,
+    requestId: (r.request_id as string) ?? null,
+    detail: r.detail ? (JSON.parse(String(r.detail)) as Record<string, unknown>) : null,
+  };
+}

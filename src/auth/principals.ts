@@ -1,0 +1,87 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Role } from '../config/schema.js';
+import type { Database } from '../store/database.js';
+import type { KeysRepository } from '../store/keys-repo.js';
+
+export interface Principal {
+  name: string;
+  tokenSha256: string;
+  organisations: string[];
+  roles: Role[];
+  source: 'config' | 'store';
+}
+
+export type Permission = 'read' | 'create' | 'update' | 'delete' | 'import' | 'crypto' | 'audit' | 'export';
+
+const ROLE_PERMISSIONS: Record<Role, ReadonlySet<Permission>> = {
+  admin: new Set(['read', 'create', 'update', 'delete', 'import', 'crypto', 'audit', 'export']),
+  'key-admin': new Set(['read', 'create', 'update', 'delete', 'import']),
+  'crypto-user': new Set(['read', 'crypto']),
+  auditor: new Set(['read', 'audit']),
+};
+
+export function can(p: Principal, perm: Permission): boolean {
+  return p.roles.some((r) => ROLE_PERMISSIONS[r].has(perm));
+}
+
+export const sha256Hex = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/** Bearer tokens are only ever held as SHA-256; lookup by digest, then a constant-time compare. */
+export class PrincipalDirectory {
+  private byDigest = new Map<string, Principal>();
+
+  constructor(
+    private readonly fromConfig: Omit<Principal, 'source'>[],
+    private readonly db: Database,
+  ) {}
+
+  async reload(): Promise<void> {
+    const next = new Map<string, Principal>();
+    for (const p of this.fromConfig) next.set(p.tokenSha256.toLowerCase(), { ...p, tokenSha256: p.tokenSha256.toLowerCase(), source: 'config' });
+    const rows = await this.db.all<Record<string, string>>('SELECT * FROM principals');
+    for (const r of rows)
+      next.set(r.token_sha256!, {
+        name: r.name!,
+        tokenSha256: r.token_sha256!,
+        organisations: JSON.parse(r.organisations!),
+        roles: JSON.parse(r.roles!),
+        source: 'store',
+      });
+    this.byDigest = next;
+  }
+
+  authenticate(token: string): Principal | undefined {
+    const digest = sha256Hex(token);
+    const p = this.byDigest.get(digest);
+    if (!p) return undefined;
+    return timingSafeEqual(Buffer.from(p.tokenSha256, 'hex'), Buffer.from(digest, 'hex')) ? p : undefined;
+  }
+
+  list(): Principal[] {
+    return [...this.byDigest.values()];
+  }
+}
+
+/** Used by `kmsctl principal add`: stores the digest, returns the token (shown once). */
+export async function addPrincipal(
+  db: Database,
+  repo: KeysRepository,
+  p: { name: string; organisations: string[]; roles: Role[] },
+): Promise<string> {
+  const token = `kmsd_${randomBytes(32).toString('base64url')}`;
+  await db.transaction(async (tx) => {
+    await tx.run('INSERT INTO principals (name, token_sha256, organisations, roles, created_at) VALUES (?, ?, ?, ?, ?)', [
+      p.name,
+      sha256Hex(token),
+      JSON.stringify(p.organisations),
+      JSON.stringify(p.roles),
+      new Date().toISOString(),
+    ]);
+    await repo.changed(tx, PRINCIPALS_CHANGED);
+  });
+  return token;
+}
+
+/** Pseudo key identities in key_changes that tell other processes to reload non-key state. */
+export const PRINCIPALS_CHANGED = '@principals';
+export const CLOCK_CHANGED = '@clock';

@@ -1,0 +1,270 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+import { decryptionFailed, invalidCiphertext, KmsError, keyState, unsupported, validation } from '../errors.js';
+import { KEY_TYPES, type KeyFamily } from '../keys/key-types.js';
+import { findVersion, type KeyRecord, type KeyVersion } from '../keys/model.js';
+import { CKM_EDDSA, HASH_MECH, HMAC_MECH, type HashName } from '../token/constants.js';
+import type { RegionToken } from '../token/region-token.js';
+import type { RegionRegistry } from '../token/regions.js';
+import { publicKeyObject, spkiPem } from '../token/public-key.js';
+import { derToRaw, rawToDer } from './ecdsa-signature.js';
+import { formatVersioned, parseVersioned } from './versioned.js';
+import { IvSource } from './iv-source.js';
+
+export type SigningHash = Exclude<HashName, 'SHA1'>;
+const HASH_ALIASES: Record<string, SigningHash> = {
+  'sha2-256': 'SHA256',
+  'sha2-384': 'SHA384',
+  'sha2-512': 'SHA512',
+  SHA256: 'SHA256',
+  SHA384: 'SHA384',
+  SHA512: 'SHA512',
+};
+const NODE_HASH: Record<SigningHash, string> = { SHA256: 'sha256', SHA384: 'sha384', SHA512: 'sha512' };
+const EC_SIZE: Record<string, number> = { 'ecdsa-p256': 32, 'ecdsa-p384': 48, 'ecdsa-p521': 66 };
+/** DER DigestInfo prefixes (RFC 8017 §9.2 note 1) for PKCS#1 v1.5 over a precomputed digest. */
+const DIGEST_INFO: Record<SigningHash, Buffer> = {
+  SHA256: Buffer.from('3031300d060960864801650304020105000420', 'hex'),
+  SHA384: Buffer.from('3041300d060960864801650304020205000430', 'hex'),
+  SHA512: Buffer.from('3051300d060960864801650304020305000440', 'hex'),
+};
+
+export function parseHash(name: string | undefined, field: string): SigningHash | undefined {
+  if (name === undefined || name === '') return undefined;
+  const h = HASH_ALIASES[name];
+  if (!h) throw validation(`${field}: must be one of sha2-256, sha2-384, sha2-512 (or SHA256, SHA384, SHA512)`);
+  return h;
+}
+
+export interface SignInput {
+  input: Buffer;
+  keyVersion?: number;
+  hashAlgorithm?: string;
+  prehashed?: boolean;
+  signatureAlgorithm?: 'pss' | 'pkcs1v15';
+  context?: string;
+}
+
+export type CryptoErrorItem = { error: { code: string; message: string } };
+
+/** Every cryptographic operation of the contract, each on the key version's token object. */
+export class CryptoService {
+  private readonly ivs = new IvSource();
+  private readonly pemCache = new Map<string, string>();
+
+  constructor(private readonly regions: RegionRegistry) {}
+
+  private usable(key: KeyRecord, families: KeyFamily[], op: string): RegionToken {
+    const family = KEY_TYPES[key.keyType].family;
+    if (!families.includes(family)) throw unsupported(`${op} is not available for keyType ${key.keyType}`);
+    if (key.status !== 'active') throw keyState(`key is ${key.status}; ${op} needs an active key`);
+    return this.regions.require(key.region);
+  }
+
+  /** The version new operations use: latest, or an explicitly named enabled one. */
+  private versionForNew(key: KeyRecord, requested: number | undefined): KeyVersion {
+    const v = findVersion(key, requested ?? key.latestVersion);
+    if (!v) throw validation(`keyVersion: key has no version ${requested}`);
+    if (v.status !== 'enabled') throw validation(`keyVersion: version ${requested} is disabled`);
+    return v;
+  }
+
+  /** The version named inside a versioned string: must exist (400) and be allowed (422). */
+  private versionForExisting(key: KeyRecord, version: number, field: string): KeyVersion {
+    const v = findVersion(key, version);
+    if (!v) throw invalidCiphertext(`${field}: names version ${version}, which this key does not have`);
+    if (version < key.minDecryptionVersion)
+      throw new KmsError('VersionNotAllowed', `version ${version} is below minDecryptionVersion ${key.minDecryptionVersion}`);
+    if (v.status !== 'enabled') throw new KmsError('VersionNotAllowed', `version ${version} is disabled`);
+    return v;
+  }
+
+  // ---- AES-GCM -------------------------------------------------------------------------------
+
+  encrypt(key: KeyRecord, plaintext: Buffer, aad: Buffer, keyVersion?: number) {
+    const token = this.usable(key, ['aes'], 'encrypt');
+    return this.encryptWith(token, key, plaintext, aad, keyVersion);
+  }
+
+  private encryptWith(token: RegionToken, key: KeyRecord, plaintext: Buffer, aad: Buffer, keyVersion?: number) {
+    const v = this.versionForNew(key, keyVersion);
+    const iv = this.ivs.next();
+    const ct = token.aesGcmEncrypt(Buffer.from(v.ckaId), iv, aad, plaintext);
+    return { ciphertext: formatVersioned(v.version, Buffer.concat([iv, ct])), keyVersion: String(v.version) };
+  }
+
+  decrypt(key: KeyRecord, ciphertext: string, aad: Buffer) {
+    const token = this.usable(key, ['aes'], 'decrypt');
+    return this.decryptWith(token, key, ciphertext, aad);
+  }
+
+  private decryptWith(token: RegionToken, key: KeyRecord, ciphertext: string, aad: Buffer) {
+    const { version, data } = parseVersioned(ciphertext, 'ciphertext');
+    const v = this.versionForExisting(key, version, 'ciphertext');
+    if (data.length < 12 + 16) throw invalidCiphertext('ciphertext: shorter than IV and tag');
+    const pt = token.aesGcmDecrypt(Buffer.from(v.ckaId), data.subarray(0, 12), aad, data.subarray(12));
+    if (!pt) throw decryptionFailed();
+    return { plaintext: pt, keyVersion: String(version) };
+  }
+
+  /** Batch encrypt/decrypt: a bad item gets an error in its slot and the others go on. */
+  batch<I, O>(key: KeyRecord, op: 'encrypt' | 'decrypt', items: I[], fn: (token: RegionToken, item: I) => O): (O | CryptoErrorItem)[] {
+    const token = this.usable(key, ['aes'], op);
+    return items.map((item) => {
+      try {
+        return fn(token, item);
+      } catch (e) {
+        if (e instanceof KmsError) return { error: { code: e.code, message: e.message } };
+        throw e;
+      }
+    });
+  }
+
+  encryptBatch(key: KeyRecord, items: { plaintext: Buffer; aad: Buffer }[]) {
+    return this.batch(key, 'encrypt', items, (t, i) => this.encryptWith(t, key, i.plaintext, i.aad));
+  }
+
+  decryptBatch(key: KeyRecord, items: { ciphertext: string; aad: Buffer }[]) {
+    return this.batch(key, 'decrypt', items, (t, i) => {
+      const r = this.decryptWith(t, key, i.ciphertext, i.aad);
+      return { plaintext: r.plaintext.toString('base64'), keyVersion: r.keyVersion };
+    });
+  }
+
+  reEncrypt(source: KeyRecord, ciphertext: string, aad: Buffer, destination: KeyRecord) {
+    const dec = this.decrypt(source, ciphertext, aad);
+    const enc = this.encrypt(destination, dec.plaintext, aad);
+    dec.plaintext.fill(0);
+    return { ciphertext: enc.ciphertext, sourceKeyVersion: dec.keyVersion, keyVersion: enc.keyVersion };
+  }
+
+  /** Data key from the token's RNG, returned wrapped under the key (and in plaintext if asked). */
+  generateDataKey(key: KeyRecord, bytes: 16 | 32, includePlaintext: boolean, aad: Buffer) {
+    const token = this.usable(key, ['aes'], 'generate-data-key');
+    const dataKey = token.random(bytes);
+    const enc = this.encryptWith(token, key, dataKey, aad);
+    const out: { ciphertext: string; plaintext?: string; keyVersion: string } = { ciphertext: enc.ciphertext, keyVersion: enc.keyVersion };
+    if (includePlaintext) out.plaintext = dataKey.toString('base64');
+    dataKey.fill(0);
+    return out;
+  }
+
+  // ---- signatures ----------------------------------------------------------------------------
+
+  /** Mechanism and the bytes it signs for this key type and request. */
+  private signingPlan(key: KeyRecord, req: Omit<SignInput, 'keyVersion'>): { mech: pkcs11js.Mechanism; data: Buffer } {
+    if (req.context) throw unsupported('context: signing contexts are not supported');
+    const info = KEY_TYPES[key.keyType];
+    if (info.family === 'ed25519') {
+      if (req.prehashed) throw validation('prehashed: Ed25519 signs the message itself, not a digest');
+      if (req.hashAlgorithm) throw validation('hashAlgorithm: Ed25519 takes no hash algorithm');
+      if (req.signatureAlgorithm) throw validation('signatureAlgorithm: only for RSA keys');
+      return { mech: { mechanism: CKM_EDDSA }, data: req.input };
+    }
+    const hash = parseHash(req.hashAlgorithm, 'hashAlgorithm') ?? (info.hash as SigningHash);
+    let digest = req.input;
+    if (req.prehashed) {
+      if (req.input.length !== HASH_MECH[hash].bytes)
+        throw validation(`input: a ${hash} digest is ${HASH_MECH[hash].bytes} bytes, got ${req.input.length}`);
+    } else digest = createHash(NODE_HASH[hash]).update(req.input).digest();
+    if (info.family === 'ecdsa') {
+      if (req.signatureAlgorithm) throw validation('signatureAlgorithm: only for RSA keys');
+      return { mech: { mechanism: pkcs11js.CKM_ECDSA }, data: digest };
+    }
+    if ((req.signatureAlgorithm ?? 'pss') === 'pss') {
+      const h = HASH_MECH[hash];
+      return {
+        mech: {
+          mechanism: pkcs11js.CKM_RSA_PKCS_PSS,
+          parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: h.hashAlg, mgf: h.mgf, saltLen: h.bytes } as pkcs11js.RsaPSS,
+        },
+        data: digest,
+      };
+    }
+    return { mech: { mechanism: pkcs11js.CKM_RSA_PKCS }, data: Buffer.concat([DIGEST_INFO[hash], digest]) };
+  }
+
+  async sign(key: KeyRecord, req: SignInput) {
+    const token = this.usable(key, ['ed25519', 'ecdsa', 'rsa'], 'sign');
+    const v = this.versionForNew(key, req.keyVersion);
+    const plan = this.signingPlan(key, req);
+    let sig = await token.sign(Buffer.from(v.ckaId), plan.mech, plan.data);
+    if (KEY_TYPES[key.keyType].family === 'ecdsa') sig = rawToDer(sig);
+    return { signature: formatVersioned(v.version, sig), keyVersion: String(v.version) };
+  }
+
+  async verify(key: KeyRecord, req: Omit<SignInput, 'keyVersion'> & { signature: string }) {
+    const token = this.usable(key, ['ed25519', 'ecdsa', 'rsa'], 'verify');
+    const { version, data } = parseVersioned(req.signature, 'signature');
+    const v = this.versionForExisting(key, version, 'signature');
+    const plan = this.signingPlan(key, req);
+    let sig: Buffer | undefined = data;
+    if (KEY_TYPES[key.keyType].family === 'ecdsa') sig = derToRaw(data, EC_SIZE[key.keyType]!);
+    if (!sig || !sig.length) return { valid: false };
+    return { valid: await token.verify(Buffer.from(v.ckaId), plan.mech, plan.data, sig) };
+  }
+
+  // ---- HMAC ----------------------------------------------------------------------------------
+
+  private hmacMechanism(key: KeyRecord, algorithm: string | undefined, field: string): number {
+    const own = KEY_TYPES[key.keyType].hash as SigningHash;
+    const asked = parseHash(algorithm, field);
+    if (asked && asked !== own) throw validation(`${field}: key ${key.keyType} computes ${own} only`);
+    return HMAC_MECH[own];
+  }
+
+  hmac(key: KeyRecord, input: Buffer, keyVersion?: number, algorithm?: string) {
+    const token = this.usable(key, ['hmac'], 'hmac');
+    const mech = this.hmacMechanism(key, algorithm, 'algorithm');
+    const v = this.versionForNew(key, keyVersion);
+    return { hmac: formatVersioned(v.version, token.hmac(Buffer.from(v.ckaId), mech, input)), keyVersion: String(v.version) };
+  }
+
+  verifyHmac(key: KeyRecord, input: Buffer, mac: string, hashAlgorithm?: string) {
+    const token = this.usable(key, ['hmac'], 'verify-hmac');
+    const mech = this.hmacMechanism(key, hashAlgorithm, 'hashAlgorithm');
+    const { version, data } = parseVersioned(mac, 'hmac');
+    const v = this.versionForExisting(key, version, 'hmac');
+    const expected = token.hmac(Buffer.from(v.ckaId), mech, input);
+    const valid = expected.length === data.length && timingSafeEqual(expected, data);
+    return { valid, keyVersion: String(version) };
+  }
+
+  // ---- public keys and RSA decryption ----------------------------------------------------------
+
+  publicKey(key: KeyRecord, version?: number) {
+    const family = KEY_TYPES[key.keyType].family;
+    if (!['ed25519', 'ecdsa', 'rsa'].includes(family)) throw unsupported(`public-key is not available for keyType ${key.keyType}`);
+    if (key.status !== 'active') throw keyState(`key is ${key.status}`);
+    const token = this.regions.require(key.region);
+    const versions = version === undefined ? key.versions.filter((v) => v.status === 'enabled') : [findVersion(key, version)];
+    const keys: Record<string, string> = {};
+    for (const v of versions) {
+      if (!v) throw validation(`version: key has no version ${version}`);
+      if (v.status !== 'enabled') throw validation(`version: version ${v.version} is disabled`);
+      keys[String(v.version)] = this.pem(token, v.ckaId);
+    }
+    return { keys, keyType: key.keyType };
+  }
+
+  pem(token: RegionToken, ckaId: string): string {
+    let pem = this.pemCache.get(ckaId);
+    if (!pem) {
+      pem = spkiPem(publicKeyObject(token.readPublicKey(Buffer.from(ckaId))));
+      this.pemCache.set(ckaId, pem);
+    }
+    return pem;
+  }
+
+  async decryptAsymmetric(key: KeyRecord, ciphertext: Buffer, keyVersion: number | undefined, hashFunction: string | undefined) {
+    const token = this.usable(key, ['rsa'], 'decrypt-asymmetric');
+    const supported = this.regions.oaepHashes.get(key.region) ?? [];
+    const hash = (hashFunction ?? supported[0]) as HashName | undefined;
+    if (!hash || !supported.includes(hash))
+      throw unsupported(`hashFunction: this region's token does RSA-OAEP with ${supported.join(', ') || 'no hash'} only`);
+    const v = keyVersion === undefined ? findVersion(key, key.latestVersion)! : this.versionForExisting(key, keyVersion, 'keyVersion');
+    const pt = await token.rsaOaepDecrypt(Buffer.from(v.ckaId), hash, ciphertext);
+    if (!pt) throw decryptionFailed('decryption failed: wrong key, wrong hash or corrupted ciphertext');
+    return { plaintext: pt.toString('base64'), keyVersion: String(v.version) };
+  }
+}

@@ -1,0 +1,188 @@
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import type { Logger } from 'winston';
+import { createApp } from './api/app.js';
+import type { Services } from './api/services.js';
+import { AuditLog } from './audit/audit-log.js';
+import { CLOCK_CHANGED, PRINCIPALS_CHANGED, PrincipalDirectory } from './auth/principals.js';
+import { ByokService } from './byok/byok-service.js';
+import { Clock } from './clock.js';
+import { readSecret } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { CryptoService } from './crypto/crypto-service.js';
+import { KeyCache } from './keys/key-cache.js';
+import { KeyService } from './keys/key-service.js';
+import { createLogger } from './log.js';
+import { Metrics } from './metrics.js';
+import { reconcileRegion } from './rotation/reconcile.js';
+import { RotationService } from './rotation/rotation-service.js';
+import { Scheduler } from './scheduler/scheduler.js';
+import { ChangeFeed } from './store/change-feed.js';
+import { Database } from './store/database.js';
+import { KeysRepository } from './store/keys-repo.js';
+import { RegionToken } from './token/region-token.js';
+import { RegionRegistry } from './token/regions.js';
+import { startXks, type XksServer } from './xks/server.js';
+
+export const VERSION = '0.1.0';
+const CLOCK_SETTING = 'clock_offset_ms';
+const SESSIONS_PER_REGION = 8;
+
+export interface RunningDaemon {
+  services: Services;
+  port: number;
+  xksPort?: number;
+  stop(): Promise<void>;
+}
+
+async function loadClockOffset(db: Database, clock: Clock): Promise<void> {
+  const row = await db.get<{ value: string }>('SELECT value FROM settings WHERE name = ?', [CLOCK_SETTING]);
+  clock.setOffset(row ? Number(row.value) : 0);
+}
+
+/**
+ * The composition root: config → store → tokens → services → HTTP. Everything mutable lives
+ * in the objects built here; nothing below reads env or files on its own.
+ */
+export async function startDaemon(config: Config, log: Logger = createLogger(config.logLevel)): Promise<RunningDaemon> {
+  const startedAtMs = Date.now();
+  const metrics = new Metrics();
+  const clock = new Clock();
+  const db = await Database.open(config.dataDir);
+  const repo = new KeysRepository(db);
+  const cache = new KeyCache(repo);
+  const principals = new PrincipalDirectory(config.principals, db);
+  const audit = new AuditLog(db, clock, (n) => metrics.auditBatch.observe(n));
+
+  const feed = new ChangeFeed(path.join(config.dataDir, 'kmsd.generation'), repo, async (ids) => {
+    if (ids.delete(PRINCIPALS_CHANGED)) await principals.reload();
+    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(db, clock);
+    await cache.reload(ids);
+  });
+  await feed.init();
+  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(db, clock)]);
+  if (config.testing.clockControl) log.warn('testing.clockControl is ON: the daemon clock can be moved over HTTP. Never use this in production.');
+
+  const tokens = new Map<string, RegionToken>();
+  for (const r of config.regions) {
+    const pin = readSecret(r.pinEnv, r.pinFile, `regions[${r.name}] PIN`);
+    tokens.set(
+      r.name,
+      new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION }, (op, s) =>
+        metrics.tokenOp.observe({ region: r.name, op }, s),
+      ),
+    );
+  }
+  let keys!: KeyService;
+  const enabledOrgs = config.organisations.filter((o) => o.kmsEnabled).map((o) => o.identity);
+  const reconcile = async (region: string) => {
+    const t = tokens.get(region)!;
+    if (!t.available) return;
+    const r = await reconcileRegion(t, repo, log, startedAtMs);
+    if (r.destroyed) metrics.orphans.inc({ region, action: 'destroyed' }, r.destroyed);
+    if (r.inFlight) metrics.orphans.inc({ region, action: 'in_flight' }, r.inFlight);
+  };
+  const regions = new RegionRegistry(tokens, log, async (region) => {
+    await reconcile(region);
+    await keys.ensureDefaultKeys(enabledOrgs, region);
+  });
+
+  keys = new KeyService(db, repo, cache, feed, regions, clock, audit, log);
+  const rotation = new RotationService(db, repo, keys, feed, regions, clock, audit, log, config.rotation.maxManualRotations, (trigger, n) =>
+    metrics.rotations.inc({ trigger }, n),
+  );
+  const crypto = new CryptoService(regions);
+  const byok = new ByokService();
+
+  await regions.connectAll();
+  regions.startRetry();
+
+  const scheduler = new Scheduler(
+    config.mongodbUri,
+    config.rotation.evaluationIntervalSeconds * 1000,
+    {
+      evaluate: async () => {
+        await feed.check();
+        await rotation.rotateDue();
+        await keys.destroyDue();
+        for (const name of tokens.keys()) await reconcile(name);
+      },
+    },
+    log,
+  );
+  scheduler.start();
+
+  const services: Services = {
+    config,
+    log,
+    clock,
+    keys,
+    crypto,
+    rotation,
+    byok,
+    audit,
+    principals,
+    regions,
+    metrics,
+    readiness: {
+      sqlite: async () => {
+        try {
+          await db.get('SELECT 1');
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      mongodb: () => scheduler.connected,
+    },
+    advanceClock: async (seconds: number) => {
+      await db.transaction(async (tx) => {
+        const row = await tx.get<{ value: string }>('SELECT value FROM settings WHERE name = ?', [CLOCK_SETTING]);
+        const next = (row ? Number(row.value) : 0) + Math.round(seconds * 1000);
+        await tx.run('INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value', [
+          CLOCK_SETTING,
+          String(next),
+        ]);
+        await repo.changed(tx, CLOCK_CHANGED);
+      });
+      await feed.publish();
+    },
+  };
+
+  const app = createApp(services, VERSION);
+  const tls = config.listen.tls;
+  const server = tls
+    ? https.createServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' }, app)
+    : http.createServer(app);
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  let xks: XksServer | undefined;
+  if (config.xks) xks = await startXks(config.xks, services);
+  log.info('kmsd listening', { host: config.listen.host, port, tls: Boolean(tls), xksPort: xks?.port, startupMs: Date.now() - startedAtMs });
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      log.info('shutting down: no new connections, finishing in-flight requests');
+      await Promise.all([
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeIdleConnections();
+        }),
+        xks?.close(),
+      ]);
+      await scheduler.stop();
+      await db.close();
+      regions.stop();
+      log.info('kmsd stopped');
+    })());
+
+  return { services, port, xksPort: xks?.port, stop };
+}

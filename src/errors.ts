@@ -1,0 +1,40 @@
+/**
+ * Typed domain errors. Services throw these; api/errors.ts maps each kind to the
+ * contract's HTTP status and error code in one place, xks/errors.ts to the XKS names.
+ */
+export type ErrorCode =
+  | 'ValidationError'
+  | 'InvalidCiphertext'
+  | 'UnsupportedOperation'
+  | 'Unauthenticated'
+  | 'KmsNotEnabled'
+  | 'Forbidden'
+  | 'NotFound'
+  | 'Conflict'
+  | 'KeyStateConflict'
+  | 'RotationLimitExceeded'
+  | 'PayloadTooLarge'
+  | 'DecryptionFailed'
+  | 'VersionNotAllowed'
+  | 'RegionUnavailable';
+
+export class KmsError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = code;
+  }
+}
+
+export const validation = (msg: string) => new KmsError('ValidationError', msg);
+export const notFound = (msg = 'not found') => new KmsError('NotFound', msg);
+export const forbidden = (msg: string) => new KmsError('Forbidden', msg);
+export const unsupported = (msg: string) => new KmsError('UnsupportedOperation', msg);
+export const keyState = (msg: string) => new KmsError('KeyStateConflict', msg);
+export const invalidCiphertext = (msg: string) => new KmsError('InvalidCiphertext', msg);
+export const decryptionFailed = (msg = 'decryption failed: wrong key, wrong aad or tampered ciphertext') =>
+  new KmsError('DecryptionFailed', msg);
+export const regionUnavailable = (region: string, why: string) =>
+  new KmsError('RegionUnavailable', `region ${region} is unavailable: ${why}`);

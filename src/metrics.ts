@@ -1,0 +1,68 @@
+import client from 'prom-client';
+
+/** Prometheus metrics of one process (each cluster worker exposes its own, labelled by pid). */
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly httpRequests = new client.Counter({
+    name: 'kmsd_http_requests_total',
+    help: 'HTTP requests by route, method and status',
+    labelNames: ['route', 'method', 'status'],
+    registers: [this.registry],
+  });
+  readonly httpDuration = new client.Histogram({
+    name: 'kmsd_http_request_duration_seconds',
+    help: 'HTTP request latency by route',
+    labelNames: ['route', 'method'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+  readonly tokenOp = new client.Histogram({
+    name: 'kmsd_token_operation_duration_seconds',
+    help: 'PKCS#11 operation latency by region and operation',
+    labelNames: ['region', 'op'],
+    buckets: [0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 0.5, 2],
+    registers: [this.registry],
+  });
+  readonly rotations = new client.Counter({
+    name: 'kmsd_rotations_total',
+    help: 'Key versions created by rotation',
+    labelNames: ['trigger'],
+    registers: [this.registry],
+  });
+  readonly orphans = new client.Counter({
+    name: 'kmsd_reconcile_orphan_objects_total',
+    help: 'Token objects with a kmsd CKA_ID that SQLite does not know, by action taken',
+    labelNames: ['region', 'action'],
+    registers: [this.registry],
+  });
+  readonly auditBatch = new client.Histogram({
+    name: 'kmsd_audit_commit_batch_size',
+    help: 'Audit records per group commit',
+    buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000],
+    registers: [this.registry],
+  });
+  readonly xksRequests = new client.Counter({
+    name: 'kmsd_xks_requests_total',
+    help: 'XKS proxy requests by operation and outcome',
+    labelNames: ['operation', 'outcome'],
+    registers: [this.registry],
+  });
+  readonly xksDuration = new client.Histogram({
+    name: 'kmsd_xks_request_duration_seconds',
+    help: 'XKS proxy latency by operation',
+    labelNames: ['operation'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
+  readonly regionUp = new client.Gauge({
+    name: 'kmsd_region_token_up',
+    help: '1 when the region token is usable',
+    labelNames: ['region'],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    this.registry.setDefaultLabels({ pid: String(process.pid) });
+    client.collectDefaultMetrics({ register: this.registry });
+  }
+}

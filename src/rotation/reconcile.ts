@@ -1,0 +1,57 @@
+import type { Logger } from 'winston';
+import { KEY_OBJECT_PREFIX } from '../keys/key-service.js';
+import type { KeysRepository } from '../store/keys-repo.js';
+import type { RegionToken } from '../token/region-token.js';
+
+const IN_FLIGHT_GRACE_MS = 10 * 60_000;
+
+export interface ReconcileResult {
+  destroyed: number;
+  inFlight: number;
+}
+
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Finds token objects carrying a kmsd key CKA_ID (`kmsd/k/<key>/<ms>.<pid>.<rand>`) that no
+ * version row in SQLite names. Rule (documented in the README): such an object was generated
+ * but never recorded, so no ciphertext or signature was ever made with it; it is **destroyed**,
+ * never adopted — once its creator process is gone (or after 10 minutes); while the creator
+ * still runs it is counted as in flight and looked at again on the next pass.
+ */
+export async function reconcileRegion(
+  token: RegionToken,
+  repo: KeysRepository,
+  log: Logger,
+  startedAtMs: number,
+): Promise<ReconcileResult> {
+  const known = await repo.allCkaIds();
+  const res: ReconcileResult = { destroyed: 0, inFlight: 0 };
+  for (const id of token.listObjectIds(Buffer.from(KEY_OBJECT_PREFIX))) {
+    const text = id.toString();
+    if (known.has(text)) continue;
+    const m = /\/(\d+)\.(\d+)\.[0-9a-f]+$/.exec(text);
+    const createdMs = m ? Number(m[1]) : 0;
+    const pid = m ? Number(m[2]) : 0;
+    const ownEarlierLife = pid === process.pid && createdMs < startedAtMs;
+    const orphan = !m || ownEarlierLife || !processAlive(pid) || Date.now() - createdMs > IN_FLIGHT_GRACE_MS;
+    if (!orphan) {
+      res.inFlight++;
+      continue;
+    }
+    // Re-check right before destroying: the creator may have recorded it in the meantime.
+    if ((await repo.allCkaIds()).has(text)) continue;
+    await token.destroy(id);
+    res.destroyed++;
+    log.warn('destroyed orphaned token object (generated, never recorded)', { region: token.settings.region, ckaId: text });
+  }
+  return res;
+}

@@ -1,0 +1,505 @@
+import pkcs11js from 'pkcs11js';
+import { CKM_CHACHA20_POLY1305, CKM_EDDSA, HASH_MECH, type HashName } from './constants.js';
+import { TokenError, toTokenError } from './errors.js';
+import { Pkcs11Library } from './module.js';
+import { TokenSessionPool } from './session-pool.js';
+import { keyPairTemplate, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
+
+const { CKA_CLASS, CKA_ID, CKO_SECRET_KEY, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY } = pkcs11js;
+const SESSION_FLAGS = pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION;
+
+export type ObjectClass = 'secret' | 'private' | 'public';
+const CLASS_VALUE: Record<ObjectClass, number> = { secret: CKO_SECRET_KEY, private: CKO_PRIVATE_KEY, public: CKO_PUBLIC_KEY };
+
+export interface TokenSettings {
+  region: string;
+  modulePath: string;
+  label: string;
+  pin: string;
+  sessions: number;
+}
+
+export interface TokenOpTimer {
+  (op: string, seconds: number): void;
+}
+
+/** Public half of an asymmetric key, read from the token (never secret). */
+export type PublicKeyAttrs =
+  | { kind: 'rsa'; modulus: Buffer; publicExponent: Buffer }
+  | { kind: 'ec'; ecParams: Buffer; ecPoint: Buffer };
+
+/**
+ * One region's PKCS#11 token: login, a session pool, a CKA_ID → handle cache, and the
+ * operations kmsd needs. Fast symmetric operations (AES-GCM, HMAC: ~19 µs on SoftHSM2) run
+ * synchronously on a dedicated session, because the libuv hop costs more than the operation
+ * (~43 µs measured); everything slow (key generation, RSA, EC, EdDSA, unwrap) runs through the
+ * pkcs11js *Async calls so the event loop never waits on the HSM.
+ */
+export class RegionToken {
+  private lib?: Pkcs11Library;
+  private slot?: pkcs11js.Handle;
+  private pool?: TokenSessionPool;
+  private allSessions: pkcs11js.Handle[] = [];
+  private syncSession?: pkcs11js.Handle;
+  private readonly handles = new Map<string, pkcs11js.Handle>();
+  private down: string | undefined = 'not connected yet';
+  mechanisms = new Set<number>();
+  manufacturer = '';
+  model = '';
+  serial = '';
+
+  constructor(
+    readonly settings: TokenSettings,
+    private readonly timer: TokenOpTimer = () => {},
+  ) {}
+
+  get available(): boolean {
+    return this.down === undefined;
+  }
+  get unavailableReason(): string | undefined {
+    return this.down;
+  }
+
+  /** Opens sessions, logs in and indexes every token object by CKA_ID (the only full scan). */
+  connect(): void {
+    this.closeSessions();
+    const s = this.settings;
+    try {
+      this.lib = Pkcs11Library.open(s.modulePath);
+      const p11 = this.lib.p11;
+      const slot = this.lib.findSlot(s.label);
+      if (!slot) throw new TokenError('unavailable', 0xe0, `no token labelled ${s.label} in ${s.modulePath}`);
+      this.slot = slot;
+      const info = p11.C_GetTokenInfo(slot);
+      this.manufacturer = info.manufacturerID.trim();
+      this.model = info.model.trim();
+      this.serial = info.serialNumber.trim();
+      this.mechanisms = new Set(p11.C_GetMechanismList(slot));
+      const sessions: pkcs11js.Handle[] = [];
+      for (let i = 0; i < s.sessions + 1; i++) sessions.push(p11.C_OpenSession(slot, SESSION_FLAGS));
+      this.allSessions = sessions;
+      try {
+        p11.C_Login(sessions[0]!, pkcs11js.CKU_USER, s.pin);
+      } catch (e) {
+        // 0x100 = CKR_USER_ALREADY_LOGGED_IN: login is per application, another region did it.
+        if (!(e instanceof pkcs11js.Pkcs11Error && e.code === 0x100)) throw e;
+      }
+      this.syncSession = sessions[0];
+      this.pool = new TokenSessionPool(sessions.slice(1));
+      this.scanObjects();
+      this.down = undefined;
+    } catch (e) {
+      this.closeSessions();
+      const err = toTokenError(e, `region ${s.region}`);
+      this.down = err.message;
+      throw err;
+    }
+  }
+
+  private closeSessions(): void {
+    if (this.lib)
+      for (const sh of this.allSessions) {
+        try {
+          this.lib.p11.C_CloseSession(sh);
+        } catch {
+          /* already closed */
+        }
+      }
+    this.allSessions = [];
+    this.pool = undefined;
+    this.syncSession = undefined;
+    this.handles.clear();
+  }
+
+  close(): void {
+    this.closeSessions();
+    this.down = 'closed';
+  }
+
+  /** Marks the region down after a device-class failure; the daemon's retry loop reconnects. */
+  private fail(e: unknown, what: string): never {
+    const err = toTokenError(e, what);
+    if (err.kind === 'unavailable') {
+      this.down = err.message;
+      this.handles.clear();
+    }
+    throw err;
+  }
+
+  private get p11(): pkcs11js.PKCS11 {
+    if (this.down !== undefined || !this.lib) throw new TokenError('unavailable', 0xe0, this.down ?? 'not connected');
+    return this.lib.p11;
+  }
+
+  private scanObjects(): void {
+    const p11 = this.lib!.p11;
+    const s = this.syncSession!;
+    p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_TOKEN, value: true }]);
+    const found: pkcs11js.Handle[] = [];
+    for (;;) {
+      const batch = p11.C_FindObjects(s, 1000);
+      if (!batch.length) break;
+      found.push(...batch);
+    }
+    p11.C_FindObjectsFinal(s);
+    for (const h of found) {
+      const [cls, id] = p11.C_GetAttributeValue(s, h, [{ type: CKA_CLASS }, { type: CKA_ID }]);
+      if (!id?.value || !(id.value as Buffer).length) continue;
+      const c = (cls!.value as Buffer).readUInt32LE(0);
+      this.handles.set(cacheKey(c, id.value as Buffer), h);
+    }
+  }
+
+  /** Every CKA_ID on the token that starts with `prefix` (used by reconciliation). */
+  listObjectIds(prefix: Buffer): Buffer[] {
+    const ids = new Map<string, Buffer>();
+    for (const k of this.handles.keys()) {
+      const id = Buffer.from(k.slice(k.indexOf(':') + 1), 'hex');
+      if (id.subarray(0, prefix.length).equals(prefix)) ids.set(id.toString('hex'), id);
+    }
+    return [...ids.values()];
+  }
+
+  get objectCount(): number {
+    return this.handles.size;
+  }
+
+  /** Handle of the object with this CKA_ID and class: cache first, one C_FindObjects on a miss. */
+  handle(ckaId: Buffer, cls: ObjectClass): pkcs11js.Handle {
+    const key = cacheKey(CLASS_VALUE[cls], ckaId);
+    const cached = this.handles.get(key);
+    if (cached) return cached;
+    const found = this.find(ckaId, cls);
+    if (!found) throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} on the token`);
+    this.handles.set(key, found);
+    return found;
+  }
+
+  private find(ckaId: Buffer, cls: ObjectClass): pkcs11js.Handle | undefined {
+    const p11 = this.p11;
+    const s = this.syncSession!;
+    try {
+      p11.C_FindObjectsInit(s, [
+        { type: CKA_CLASS, value: CLASS_VALUE[cls] },
+        { type: CKA_ID, value: ckaId },
+      ]);
+      const [h] = p11.C_FindObjects(s, 1);
+      p11.C_FindObjectsFinal(s);
+      return h;
+    } catch (e) {
+      return this.fail(e, 'C_FindObjects');
+    }
+  }
+
+  forget(ckaId: Buffer): void {
+    for (const cls of Object.values(CLASS_VALUE)) this.handles.delete(cacheKey(cls, ckaId));
+  }
+
+  /**
+   * Runs a synchronous operation on a cached handle; if the handle went stale (object
+   * destroyed and re-created by another process) it re-resolves once.
+   */
+  private withHandle<T>(ckaId: Buffer, cls: ObjectClass, what: string, fn: (h: pkcs11js.Handle) => T): T {
+    try {
+      return fn(this.handle(ckaId, cls));
+    } catch (e) {
+      const err = toTokenError(e, what);
+      if (err.kind !== 'staleHandle') return this.fail(err, what);
+      this.forget(ckaId);
+      try {
+        return fn(this.handle(ckaId, cls));
+      } catch (e2) {
+        return this.fail(e2, what);
+      }
+    }
+  }
+
+  private async withSessionAndHandle<T>(
+    ckaId: Buffer,
+    cls: ObjectClass,
+    what: string,
+    fn: (p11: pkcs11js.PKCS11, s: pkcs11js.Handle, h: pkcs11js.Handle) => Promise<T>,
+  ): Promise<T> {
+    const p11 = this.p11;
+    const started = performance.now();
+    try {
+      return await this.pool!.use(async (s) => {
+        try {
+          return await fn(p11, s, this.handle(ckaId, cls));
+        } catch (e) {
+          const err = toTokenError(e, what);
+          if (err.kind !== 'staleHandle') throw err;
+          this.forget(ckaId);
+          return await fn(p11, s, this.handle(ckaId, cls));
+        }
+      });
+    } catch (e) {
+      return this.fail(e, what);
+    } finally {
+      this.timer(what, (performance.now() - started) / 1000);
+    }
+  }
+
+  private async withSession<T>(what: string, fn: (p11: pkcs11js.PKCS11, s: pkcs11js.Handle) => Promise<T>): Promise<T> {
+    const p11 = this.p11;
+    const started = performance.now();
+    try {
+      return await this.pool!.use((s) => fn(p11, s));
+    } catch (e) {
+      return this.fail(e, what);
+    } finally {
+      this.timer(what, (performance.now() - started) / 1000);
+    }
+  }
+
+  // ---- key generation -------------------------------------------------------------------
+
+  async generate(spec: TokenKeySpec, o: ObjectOptions): Promise<void> {
+    if (spec.kind === 'aes' || spec.kind === 'hmac' || spec.kind === 'chacha20') {
+      const { mechanism, template } = secretKeyTemplate(spec, o);
+      const h = await this.withSession('generate', (p11, s) => p11.C_GenerateKeyAsync(s, { mechanism }, template));
+      if (o.token !== false) this.handles.set(cacheKey(CKO_SECRET_KEY, o.ckaId), h);
+      return;
+    }
+    const t = keyPairTemplate(spec, o);
+    const pair = await this.withSession('generate', (p11, s) =>
+      p11.C_GenerateKeyPairAsync(s, { mechanism: t.mechanism }, t.publicTemplate, t.privateTemplate),
+    );
+    if (o.token !== false) {
+      this.handles.set(cacheKey(CKO_PRIVATE_KEY, o.ckaId), pair.privateKey);
+      this.handles.set(cacheKey(CKO_PUBLIC_KEY, o.ckaId), pair.publicKey);
+    }
+  }
+
+  /** Generates an RSA pair from explicit templates (wrapping keys); returns the handles. */
+  async generateKeyPairRaw(mechanism: number, pub: pkcs11js.Template, priv: pkcs11js.Template, ckaId?: Buffer) {
+    const pair = await this.withSession('generate', (p11, s) => p11.C_GenerateKeyPairAsync(s, { mechanism }, pub, priv));
+    if (ckaId) {
+      this.handles.set(cacheKey(CKO_PRIVATE_KEY, ckaId), pair.privateKey);
+      this.handles.set(cacheKey(CKO_PUBLIC_KEY, ckaId), pair.publicKey);
+    }
+    return pair;
+  }
+
+  /** Destroys every object (secret, private, public) with this CKA_ID. Idempotent. */
+  async destroy(ckaId: Buffer): Promise<number> {
+    let n = 0;
+    for (const cls of Object.keys(CLASS_VALUE) as ObjectClass[]) {
+      this.handles.delete(cacheKey(CLASS_VALUE[cls], ckaId));
+      for (;;) {
+        const h = this.find(ckaId, cls);
+        if (!h) break;
+        try {
+          this.p11.C_DestroyObject(this.syncSession!, h);
+          n++;
+        } catch (e) {
+          const err = toTokenError(e, 'C_DestroyObject');
+          if (err.kind !== 'staleHandle') this.fail(err, 'C_DestroyObject');
+        }
+      }
+    }
+    return n;
+  }
+
+  destroyHandle(h: pkcs11js.Handle): void {
+    try {
+      this.p11.C_DestroyObject(this.syncSession!, h);
+    } catch (e) {
+      const err = toTokenError(e, 'C_DestroyObject');
+      if (err.kind !== 'staleHandle') this.fail(err, 'C_DestroyObject');
+    }
+  }
+
+  exists(ckaId: Buffer, cls: ObjectClass): boolean {
+    this.handles.delete(cacheKey(CLASS_VALUE[cls], ckaId));
+    return this.find(ckaId, cls) !== undefined;
+  }
+
+  // ---- symmetric (synchronous: cheaper than the thread-pool hop) --------------------------
+
+  aesGcmEncrypt(ckaId: Buffer, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
+    const started = performance.now();
+    const out = this.withHandle(ckaId, 'secret', 'encrypt', (h) => {
+      const p11 = this.p11;
+      const s = this.syncSession!;
+      p11.C_EncryptInit(s, gcm(iv, aad), h);
+      return p11.C_Encrypt(s, plaintext, Buffer.allocUnsafe(plaintext.length + 16));
+    });
+    this.timer('encrypt', (performance.now() - started) / 1000);
+    return out;
+  }
+
+  /** Returns undefined when the tag does not verify (wrong key, AAD, or tampering). */
+  aesGcmDecrypt(ckaId: Buffer, iv: Buffer, aad: Buffer, ctAndTag: Buffer): Buffer | undefined {
+    const started = performance.now();
+    try {
+      return this.withHandle(ckaId, 'secret', 'decrypt', (h) => {
+        const p11 = this.p11;
+        const s = this.syncSession!;
+        p11.C_DecryptInit(s, gcm(iv, aad), h);
+        return p11.C_Decrypt(s, ctAndTag, Buffer.allocUnsafe(ctAndTag.length));
+      });
+    } catch (e) {
+      // SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR (0x5), measured.
+      if (e instanceof TokenError && (e.kind === 'badCiphertext' || e.ckr === 0x5)) return undefined;
+      throw e;
+    } finally {
+      this.timer('decrypt', (performance.now() - started) / 1000);
+    }
+  }
+
+  hmac(ckaId: Buffer, mechanism: number, data: Buffer): Buffer {
+    const started = performance.now();
+    const out = this.withHandle(ckaId, 'secret', 'hmac', (h) => {
+      const p11 = this.p11;
+      const s = this.syncSession!;
+      p11.C_SignInit(s, { mechanism }, h);
+      return p11.C_Sign(s, data, Buffer.allocUnsafe(64));
+    });
+    this.timer('hmac', (performance.now() - started) / 1000);
+    return out;
+  }
+
+  /** Random bytes from the token's RNG (data keys). */
+  random(bytes: number): Buffer {
+    try {
+      return this.p11.C_GenerateRandom(this.syncSession!, Buffer.alloc(bytes));
+    } catch (e) {
+      return this.fail(e, 'C_GenerateRandom');
+    }
+  }
+
+  // ---- asymmetric (async) -----------------------------------------------------------------
+
+  sign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
+    return this.withSessionAndHandle(ckaId, 'private', 'sign', (p11, s, h) => {
+      p11.C_SignInit(s, mechanism, h);
+      return p11.C_SignAsync(s, data, Buffer.allocUnsafe(1024));
+    });
+  }
+
+  async verify(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, signature: Buffer): Promise<boolean> {
+    try {
+      return await this.withSessionAndHandle(ckaId, 'public', 'verify', (p11, s, h) => {
+        p11.C_VerifyInit(s, mechanism, h);
+        return p11.C_VerifyAsync(s, data, signature);
+      });
+    } catch (e) {
+      if (e instanceof TokenError && e.kind === 'badSignature') return false;
+      throw e;
+    }
+  }
+
+  /** RSA-OAEP decryption inside the token; undefined when the padding does not check out. */
+  async rsaOaepDecrypt(ckaId: Buffer, hash: HashName, ciphertext: Buffer): Promise<Buffer | undefined> {
+    try {
+      return await this.withSessionAndHandle(ckaId, 'private', 'decrypt-asymmetric', (p11, s, h) => {
+        p11.C_DecryptInit(s, oaep(hash), h);
+        return p11.C_DecryptAsync(s, ciphertext, Buffer.allocUnsafe(1024));
+      });
+    } catch (e) {
+      if (e instanceof TokenError && (e.kind === 'badCiphertext' || e.kind === 'badWrappedKey')) return undefined;
+      throw e;
+    }
+  }
+
+  readPublicKey(ckaId: Buffer): PublicKeyAttrs {
+    return this.withHandle(ckaId, 'public', 'read public key', (h) => this.readPublicKeyByHandle(h));
+  }
+
+  readPublicKeyByHandle(h: pkcs11js.Handle): PublicKeyAttrs {
+    {
+      const p11 = this.p11;
+      const [kt] = p11.C_GetAttributeValue(this.syncSession!, h, [{ type: pkcs11js.CKA_KEY_TYPE }]);
+      const keyType = (kt!.value as Buffer).readUInt32LE(0);
+      if (keyType === pkcs11js.CKK_RSA) {
+        const [m, e] = p11.C_GetAttributeValue(this.syncSession!, h, [
+          { type: pkcs11js.CKA_MODULUS },
+          { type: pkcs11js.CKA_PUBLIC_EXPONENT },
+        ]);
+        return { kind: 'rsa', modulus: m!.value as Buffer, publicExponent: e!.value as Buffer };
+      }
+      const [p, q] = p11.C_GetAttributeValue(this.syncSession!, h, [
+        { type: pkcs11js.CKA_EC_PARAMS },
+        { type: pkcs11js.CKA_EC_POINT },
+      ]);
+      return { kind: 'ec', ecParams: p!.value as Buffer, ecPoint: q!.value as Buffer };
+    }
+  }
+
+  /** Reads attributes of an object (tests and `kmsctl` inspect protection flags with it). */
+  readAttributes(ckaId: Buffer, cls: ObjectClass, types: number[]): Map<number, Buffer> {
+    return this.withHandle(ckaId, cls, 'C_GetAttributeValue', (h) => {
+      const attrs = this.p11.C_GetAttributeValue(
+        this.syncSession!,
+        h,
+        types.map((type) => ({ type })),
+      );
+      return new Map(attrs.map((a) => [a.type, a.value as Buffer]));
+    });
+  }
+
+  // ---- wrapping (BYOK and export) -----------------------------------------------------------
+
+  /** C_UnwrapKey into a new object; `unwrapping` is a handle (session objects) or a CKA_ID. */
+  unwrap(
+    unwrapping: { handle: pkcs11js.Handle } | { ckaId: Buffer; cls: ObjectClass },
+    mechanism: pkcs11js.Mechanism,
+    wrapped: Buffer,
+    template: pkcs11js.Template,
+  ): Promise<pkcs11js.Handle> {
+    if ('handle' in unwrapping)
+      return this.withSession('unwrap', (p11, s) => p11.C_UnwrapKeyAsync(s, mechanism, unwrapping.handle, wrapped, template));
+    return this.withSessionAndHandle(unwrapping.ckaId, unwrapping.cls, 'unwrap', (p11, s, h) =>
+      p11.C_UnwrapKeyAsync(s, mechanism, h, wrapped, template),
+    );
+  }
+
+  wrap(mechanism: pkcs11js.Mechanism, wrappingKey: pkcs11js.Handle, key: pkcs11js.Handle): Promise<Buffer> {
+    return this.withSession('wrap', (p11, s) => p11.C_WrapKeyAsync(s, mechanism, wrappingKey, key, Buffer.allocUnsafe(16384)));
+  }
+
+  /** Creates an object from attributes (public keys of callers, for wrapping on export). */
+  createObject(template: pkcs11js.Template): pkcs11js.Handle {
+    try {
+      return this.p11.C_CreateObject(this.syncSession!, template);
+    } catch (e) {
+      return this.fail(e, 'C_CreateObject');
+    }
+  }
+
+  cacheHandle(ckaId: Buffer, cls: ObjectClass, h: pkcs11js.Handle): void {
+    this.handles.set(cacheKey(CLASS_VALUE[cls], ckaId), h);
+  }
+
+  // ---- capabilities ---------------------------------------------------------------------------
+
+  has(mechanism: number): boolean {
+    return this.mechanisms.has(mechanism);
+  }
+  get hasChaCha20(): boolean {
+    return this.mechanisms.has(CKM_CHACHA20_POLY1305);
+  }
+  get hasEdDsa(): boolean {
+    return this.mechanisms.has(CKM_EDDSA);
+  }
+}
+
+function cacheKey(cls: number, ckaId: Buffer): string {
+  return `${cls}:${ckaId.toString('hex')}`;
+}
+
+function gcm(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
+  return {
+    mechanism: pkcs11js.CKM_AES_GCM,
+    parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv, aad, ivBits: 96, tagBits: 128 } as pkcs11js.AesGCM,
+  };
+}
+
+export function oaep(hash: HashName): pkcs11js.Mechanism {
+  const h = HASH_MECH[hash];
+  return {
+    mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
+    parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg: h.hashAlg, mgf: h.mgf, source: 1 /* CKZ_DATA_SPECIFIED */ } as pkcs11js.RsaOAEP,
+  };
+}
