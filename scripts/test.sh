@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real components: installs SoftHSM2/OpenSC if missing,
+# builds kmsd and FerretDB (unless mongod is on PATH), then mocha. Each suite makes its own
+# throwaway tokens and data dirs under tmp/test; one MongoDB-compatible server serves the run.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ensure_softhsm
+ensure_node
+if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
+ensure_ferretdb
+cd "$ROOT"
+rm -f tmp/test-results.json
+mkdir -p tmp/test
+exec npx mocha "$@"
