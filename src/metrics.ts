@@ -1,3 +1,4 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import client from 'prom-client';
 
 /** Prometheus metrics of one process (each cluster worker exposes its own, labelled by pid). */
@@ -61,8 +62,30 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** Max and p99 event-loop delay since the previous scrape: proves no HSM call blocks the loop. */
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
+
   constructor() {
     this.registry.setDefaultLabels({ pid: String(process.pid) });
     client.collectDefaultMetrics({ register: this.registry });
+    this.loopDelay.enable();
+    const h = this.loopDelay;
+    new client.Gauge({
+      name: 'kmsd_event_loop_delay_max_seconds',
+      help: 'Maximum event-loop delay since the previous scrape',
+      registers: [this.registry],
+      collect() {
+        this.set(h.max / 1e9);
+      },
+    });
+    new client.Gauge({
+      name: 'kmsd_event_loop_delay_p99_seconds',
+      help: '99th percentile event-loop delay since the previous scrape',
+      registers: [this.registry],
+      collect() {
+        this.set(h.percentile(99) / 1e9);
+        h.reset();
+      },
+    });
   }
 }

@@ -33,6 +33,8 @@ export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: 
     let principal: string | null = null;
     let organisation: string | null = null;
     try {
+      // Writes by kmsctl or another daemon (principals, keys, clock) are seen before anything else.
+      await s.keys.fresh();
       const token = bearerToken(req);
       if (!token) throw new KmsError('Unauthenticated', 'missing Authorization header (Bearer or Token)');
       const p = s.principals.authenticate(token);
@@ -48,7 +50,6 @@ export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: 
         if (!s.regions.has(region)) throw new KmsError('NotFound', `region ${region} not found`);
         if (!opts.tokenOptional) s.regions.require(region);
       }
-      await s.keys.fresh();
       ctx = new RequestContext(s, requestId, p, organisation, project, region);
       const reply = await body(req, ctx);
       await s.audit.record({

@@ -33,6 +33,20 @@ export class Pkcs11Library {
     return lib;
   }
 
+  /**
+   * C_Finalize + C_Initialize: the only way SoftHSM2 (and many modules) notice a token that
+   * appeared after C_Initialize. Invalidates every session of this library, so the registry
+   * only does it when no region on this library is in use.
+   */
+  reinitialize(): void {
+    try {
+      this.p11.C_Finalize();
+    } catch {
+      /* not initialised */
+    }
+    this.p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  }
+
   /** Finds the slot whose token carries `label` (labels are blank-padded to 32 bytes). */
   findSlot(label: string): pkcs11js.Handle | undefined {
     for (const slot of this.p11.C_GetSlotList(true)) {
@@ -40,6 +54,10 @@ export class Pkcs11Library {
       if (info.label.trim() === label) return slot;
     }
     return undefined;
+  }
+
+  static get(path: string): Pkcs11Library | undefined {
+    return Pkcs11Library.loaded.get(path);
   }
 
   static finalizeAll(): void {

@@ -1,6 +1,7 @@
 import type { Logger } from 'winston';
 import { notFound, regionUnavailable } from '../errors.js';
 import { probeOaepHashes } from './probe.js';
+import { Pkcs11Library } from './module.js';
 import { RegionToken } from './region-token.js';
 import type { HashName } from './constants.js';
 
@@ -24,9 +25,10 @@ export class RegionRegistry {
     for (const name of this.tokens.keys()) await this.tryConnect(name);
   }
 
-  private async tryConnect(name: string): Promise<boolean> {
+  private async tryConnect(name: string, retry = false): Promise<boolean> {
     const t = this.tokens.get(name)!;
     try {
+      if (retry) this.reinitializeIfIdle(t);
       t.connect();
     } catch (e) {
       this.log.warn('region token unavailable', { region: name, reason: (e as Error).message });
@@ -43,9 +45,23 @@ export class RegionRegistry {
     return true;
   }
 
+  /**
+   * A token that appeared (or came back) after C_Initialize is invisible until the library is
+   * re-initialised; that is only safe when no other region uses the same library right now.
+   */
+  private reinitializeIfIdle(t: RegionToken): void {
+    const path = t.settings.modulePath;
+    const lib = Pkcs11Library.get(path);
+    if (!lib) return;
+    const siblings = [...this.tokens.values()].filter((o) => o.settings.modulePath === path);
+    if (siblings.some((o) => o.available)) return;
+    for (const o of siblings) o.close();
+    lib.reinitialize();
+  }
+
   startRetry(intervalMs = 5000): void {
     this.timer = setInterval(() => {
-      for (const [name, t] of this.tokens) if (!t.available) void this.tryConnect(name);
+      for (const [name, t] of this.tokens) if (!t.available) void this.tryConnect(name, true);
     }, intervalMs);
     this.timer.unref();
   }

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { TestStack, type Daemon } from '../helpers/stack.js';
+import { TestStack, waitFor, type Daemon } from '../helpers/stack.js';
 
 describe('smoke: daemon on a real token', () => {
   let stack: TestStack;
@@ -11,8 +11,10 @@ describe('smoke: daemon on a real token', () => {
   after(() => stack.cleanup());
 
   it('is ready with token, SQLite and MongoDB up', async () => {
-    const r = await d.call('GET', '/readyz', undefined, { token: null, org: null });
-    expect(r.status).to.equal(200);
+    const r = await waitFor('ready', async () => {
+      const x = await d.call('GET', '/readyz', undefined, { token: null, org: null });
+      return x.status === 200 ? x : undefined;
+    });
     expect(r.body.checks.mongodb).to.equal(true);
   });
 
