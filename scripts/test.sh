@@ -10,4 +10,5 @@ ensure_ferretdb
 cd "$ROOT"
 rm -f tmp/test-results.json
 mkdir -p tmp/test
+if [ $# -eq 0 ]; then set -- "dist/test/**/*.test.js"; fi
 exec npx mocha "$@"

@@ -44,6 +44,8 @@ export class RegionToken {
   private readonly handles = new Map<string, pkcs11js.Handle>();
   private down: string | undefined = 'not connected yet';
   mechanisms = new Set<number>();
+  /** Objects the start-up scan could not read (reported by readiness details and logs). */
+  unreadable = 0;
   manufacturer = '';
   model = '';
   serial = '';
@@ -142,8 +144,17 @@ export class RegionToken {
       found.push(...batch);
     }
     p11.C_FindObjectsFinal(s);
+    this.unreadable = 0;
     for (const h of found) {
-      const [cls, id] = p11.C_GetAttributeValue(s, h, [{ type: CKA_CLASS }, { type: CKA_ID }]);
+      let attrs;
+      try {
+        attrs = p11.C_GetAttributeValue(s, h, [{ type: CKA_CLASS }, { type: CKA_ID }]);
+      } catch {
+        // An object the token cannot read back (seen after a kill -9 mid-write): skip, count, go on.
+        this.unreadable++;
+        continue;
+      }
+      const [cls, id] = attrs;
       if (!id?.value || !(id.value as Buffer).length) continue;
       const c = (cls!.value as Buffer).readUInt32LE(0);
       this.handles.set(cacheKey(c, id.value as Buffer), h);
@@ -465,6 +476,30 @@ export class RegionToken {
       return this.p11.C_CreateObject(this.syncSession!, template);
     } catch (e) {
       return this.fail(e, 'C_CreateObject');
+    }
+  }
+
+  /** C_GenerateKey from an explicit template (BYOK/export: ephemeral session keys with CKA_WRAP). */
+  generateKeyRaw(mechanism: number, template: pkcs11js.Template): Promise<pkcs11js.Handle> {
+    return this.withSession('generate', (p11, s) => p11.C_GenerateKeyAsync(s, { mechanism }, template));
+  }
+
+  /** C_DeriveKey from a base object handle (BYOK: ECDH with the curve generator yields an imported key's public point). */
+  deriveKey(mechanism: pkcs11js.Mechanism, base: pkcs11js.Handle, template: pkcs11js.Template): Promise<pkcs11js.Handle> {
+    return this.withSession('derive', (p11, s) => p11.C_DeriveKeyAsync(s, mechanism, base, template));
+  }
+
+  /** Reads attributes of an object by handle (session objects have no cached CKA_ID). */
+  readAttributesByHandle(h: pkcs11js.Handle, types: number[]): Map<number, Buffer> {
+    try {
+      const attrs = this.p11.C_GetAttributeValue(
+        this.syncSession!,
+        h,
+        types.map((type) => ({ type })),
+      );
+      return new Map(attrs.map((a) => [a.type, a.value as Buffer]));
+    } catch (e) {
+      return this.fail(e, 'C_GetAttributeValue');
     }
   }
 

@@ -34,7 +34,7 @@ export class RegionRegistry {
       this.log.warn('region token unavailable', { region: name, reason: (e as Error).message });
       return false;
     }
-    this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, manufacturer: t.manufacturer });
+    this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
     try {
       this.oaepHashes.set(name, await probeOaepHashes(t));
     } catch (e) {
