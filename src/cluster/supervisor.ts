@@ -13,6 +13,18 @@ export function runSupervisor(count: number, level: string): void {
 
   const fork = (): Worker => cluster.fork();
   for (let i = 0; i < count; i++) fork();
+
+  // Tell a parent process (tests, the bench) once every worker is serving.
+  const ready = new Set<number>();
+  let announced = false;
+  cluster.on('message', (worker, m: { kmsd?: string; port?: number }) => {
+    if (m?.kmsd !== 'ready') return;
+    ready.add(worker.id);
+    if (!announced && ready.size >= count && process.send) {
+      announced = true;
+      process.send({ kmsd: 'ready', port: m.port, workers: count });
+    }
+  });
   log.info('kmsd supervisor started', { workers: count });
 
   cluster.on('exit', (worker, code, signal) => {
