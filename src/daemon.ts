@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -38,6 +39,15 @@ export interface RunningDaemon {
   stop(): Promise<void>;
 }
 
+/** A random id made once per data dir: names this installation's scheduler job in MongoDB. */
+async function installationId(db: Database): Promise<string> {
+  await db.transaction((tx) =>
+    tx.run("INSERT INTO settings (name, value) VALUES ('installation_id', ?) ON CONFLICT (name) DO NOTHING", [randomBytes(8).toString('hex')]),
+  );
+  const row = await db.get<{ value: string }>("SELECT value FROM settings WHERE name = 'installation_id'");
+  return row!.value;
+}
+
 async function loadClockOffset(db: Database, clock: Clock): Promise<void> {
   const row = await db.get<{ value: string }>('SELECT value FROM settings WHERE name = ?', [CLOCK_SETTING]);
   clock.setOffset(row ? Number(row.value) : 0);
@@ -69,12 +79,14 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const tokens = new Map<string, RegionToken>();
   for (const r of config.regions) {
     const pin = readSecret(r.pinEnv, r.pinFile, `regions[${r.name}] PIN`);
-    tokens.set(
-      r.name,
-      new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION }, (op, s) =>
-        metrics.tokenOp.observe({ region: r.name, op }, s),
-      ),
-    );
+    // labelled children resolved once per operation name: no label hashing per token call
+    const timers = new Map<string, { observe(v: number): void }>();
+    const timer = (op: string, seconds: number) => {
+      let t = timers.get(op);
+      if (!t) timers.set(op, (t = metrics.tokenOp.labels(r.name, op)));
+      t.observe(seconds);
+    };
+    tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION }, timer));
   }
   let keys!: KeyService;
   const enabledOrgs = config.organisations.filter((o) => o.kmsEnabled).map((o) => o.identity);
@@ -95,19 +107,21 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     metrics.rotations.inc({ trigger }, n),
   );
   const crypto = new CryptoService(regions);
-  const byok = new ByokService();
+  const byok = new ByokService({ db, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
 
   await regions.connectAll();
   regions.startRetry();
 
   const scheduler = new Scheduler(
     config.mongodbUri,
+    await installationId(db),
     config.rotation.evaluationIntervalSeconds * 1000,
     {
       evaluate: async () => {
         await feed.check();
         await rotation.rotateDue();
         await keys.destroyDue();
+        await byok.sweep(); // expired import tokens: destroy their import key pairs
         for (const name of tokens.keys()) await reconcile(name);
       },
     },

@@ -41,6 +41,9 @@ export function mapError(e: unknown, region?: string): MappedError {
     if (b.type === 'entity.too.large') return { status: 413, code: 'PayloadTooLarge', message: 'request body exceeds limits.maxBodyBytes' };
     if (b.status < 500) return { status: 400, code: 'ValidationError', message: `malformed request body: ${b.message ?? b.type}` };
   }
+  // Express/router client errors, e.g. a path parameter that is not valid percent-encoding (URIError, status 400)
+  if (b && typeof b === 'object' && typeof b.status === 'number' && b.status >= 400 && b.status < 500)
+    return { status: 400, code: 'ValidationError', message: `malformed request: ${b.message ?? 'bad request'}` };
   return { status: 500, code: 'InternalError', message: 'internal error' };
 }
 

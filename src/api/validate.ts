@@ -7,7 +7,9 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, where = 'b
   if (typeof value !== 'object' || Array.isArray(value)) throw validation(`${where}: expected a JSON object`);
   const r = schema.safeParse(value);
   if (r.success) return r.data;
-  const issue = r.error.issues[0]!;
+  // An unknown field is the clearest thing to report (e.g. PATCH {description} names description,
+  // not the missing minDecryptionVersion).
+  const issue = r.error.issues.find((i) => i.code === 'unrecognized_keys') ?? r.error.issues[0]!;
   const path = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p))).join('.').replace(/\.\[/g, '[');
   if (issue.code === 'unrecognized_keys') {
     const keys = (issue as { keys: string[] }).keys.map((k) => (path ? `${path}.${k}` : k));

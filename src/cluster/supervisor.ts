@@ -22,7 +22,7 @@ export function runSupervisor(count: number, level: string): void {
     ready.add(worker.id);
     if (!announced && ready.size >= count && process.send) {
       announced = true;
-      process.send({ kmsd: 'ready', port: m.port, workers: count });
+      process.send({ kmsd: 'ready', port: m.port, xksPort: (m as { xksPort?: number }).xksPort, workers: count });
     }
   });
   log.info('kmsd supervisor started', { workers: count });

@@ -5,7 +5,7 @@ import { KmsError, keyState, validation } from '../errors.js';
 import type { KeyService } from '../keys/key-service.js';
 import { newObjectId } from '../keys/key-service.js';
 import { KEY_TYPES } from '../keys/key-types.js';
-import type { KeyRecord } from '../keys/model.js';
+import type { KeyRecord, KeyVersion } from '../keys/model.js';
 import type { ChangeFeed } from '../store/change-feed.js';
 import type { Database, Tx } from '../store/database.js';
 import type { KeysRepository } from '../store/keys-repo.js';
@@ -58,6 +58,33 @@ export class RotationService {
       if (!v) throw keyState('rotation lost to a concurrent change, retry');
       await this.feed.publish();
       this.onRotated('manual', 1);
+      return this.keys.cache.get(key.identity)!;
+    });
+  }
+
+  /**
+   * import-version (BYOK): like a manual rotation, but the new version's object comes from
+   * `source` (an unwrap into the token under the given CKA_ID) and is recorded with origin
+   * 'imported'; it does not count against the manual rotation limit.
+   */
+  addImportedVersion(key: KeyRecord, source: (ckaId: Buffer, label: string) => Promise<void>): Promise<KeyRecord> {
+    return this.serial(key.identity, async () => {
+      const guard: VersionGuard = (cur) => {
+        if (cur.status !== 'active') throw keyState(`key is ${cur.status}`);
+        if (!canRotate(cur)) throw keyState('imported key without allowRotation cannot get new versions');
+      };
+      const current = (await this.repo.load(key.identity)) ?? key;
+      guard(current);
+      const token = this.regions.require(key.region);
+      const ckaId = newObjectId(key.identity);
+      await source(Buffer.from(ckaId), `${key.slug}/v${current.latestVersion + 1}`);
+      try {
+        await this.db.transaction((tx) => this.recordVersion(tx, key.identity, ckaId, 'import', guard, 'imported'));
+      } catch (e) {
+        await token.destroy(Buffer.from(ckaId)).catch((d) => this.log.warn('orphan left for reconciliation', { ckaId, error: String(d) }));
+        throw e;
+      }
+      await this.feed.publish();
       return this.keys.cache.get(key.identity)!;
     });
   }
@@ -193,13 +220,20 @@ export class RotationService {
     return outcome;
   }
 
-  private async recordVersion(tx: Tx, identity: string, ckaId: string, trigger: RotationTrigger, guard: VersionGuard): Promise<number> {
+  private async recordVersion(
+    tx: Tx,
+    identity: string,
+    ckaId: string,
+    trigger: RotationTrigger | 'import',
+    guard: VersionGuard,
+    origin: KeyVersion['origin'] = 'generated',
+  ): Promise<number> {
     const cur = await this.repo.load(identity, tx);
     if (!cur) throw keyState('key no longer exists');
     guard(cur);
     const now = this.clock.nowIso();
     const version = cur.latestVersion + 1;
-    await this.repo.insertVersion(tx, identity, { version, ckaId, status: 'enabled', origin: 'generated', createdAt: now });
+    await this.repo.insertVersion(tx, identity, { version, ckaId, status: 'enabled', origin, createdAt: now });
     const ok = await this.repo.update(tx, identity, cur.objectVersion, {
       latestVersion: version,
       lastRotationAt: now,

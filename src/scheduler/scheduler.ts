@@ -8,7 +8,6 @@ export interface SchedulerJobs {
   evaluate(): Promise<void>;
 }
 
-const EVALUATE_JOB = 'kms-evaluate';
 
 /**
  * Agenda 6 on MongoDB triggers the periodic evaluation. Agenda's lock is only a trigger (on
@@ -24,8 +23,13 @@ export class Scheduler {
   private stopped = false;
   connected = false;
 
+  /**
+   * `installationId` names this data dir: daemons sharing it share one evaluation job, while
+   * kmsd installations that happen to use the same MongoDB database never run each other's.
+   */
   constructor(
     private readonly uri: string,
+    private readonly installationId: string,
     private readonly intervalMs: number,
     private readonly jobs: SchedulerJobs,
     private readonly log: Logger,
@@ -62,17 +66,20 @@ export class Scheduler {
       backend: new MongoBackend({ mongo: client.db(), collection: 'kmsdJobs' }),
       // milliseconds as a number: a string like '200 milliseconds' is read as 200 s.
       processEvery: Math.min(Math.max(Math.floor(this.intervalMs / 2), 200), 5000),
-      defaultLockLifetime: 10 * 60_000,
+      // A daemon killed while holding the lock must not stall evaluation for long; running the
+      // (idempotent) evaluation twice is harmless, so a short lease is the safe side.
+      defaultLockLifetime: Math.max(60_000, 3 * this.intervalMs),
       maxConcurrency: 4,
     });
     agenda.on('error', (e: Error) => {
       this.log.warn('agenda error', { error: e.message });
     });
-    agenda.define(EVALUATE_JOB, async () => {
+    const job = `kms-evaluate:${this.installationId}`;
+    agenda.define(job, async () => {
       await this.jobs.evaluate();
     });
     await agenda.start();
-    await agenda.every(this.intervalMs, EVALUATE_JOB);
+    await agenda.every(this.intervalMs, job);
     this.agenda = agenda;
   }
 

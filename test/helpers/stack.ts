@@ -144,6 +144,8 @@ export class Daemon {
     readonly stack: TestStack,
     readonly proc: ChildProcess,
     readonly port: number,
+    /** The XKS proxy listener's port when the config has an `xks` block. */
+    readonly xksPort?: number,
   ) {}
 
   static async start(stack: TestStack, configFile: string): Promise<Daemon> {
@@ -151,12 +153,12 @@ export class Daemon {
     let logs = '';
     proc.stdout!.on('data', (d) => (logs += d));
     proc.stderr!.on('data', (d) => (logs += d));
-    const port = await new Promise<number>((resolve, reject) => {
+    const { port, xksPort } = await new Promise<{ port: number; xksPort?: number }>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`kmsd did not start in 60 s:\n${logs}`)), 60_000);
-      proc.on('message', (m: { kmsd?: string; port?: number }) => {
+      proc.on('message', (m: { kmsd?: string; port?: number; xksPort?: number }) => {
         if (m?.kmsd === 'ready') {
           clearTimeout(timer);
-          resolve(m.port!);
+          resolve({ port: m.port!, xksPort: m.xksPort });
         }
       });
       proc.once('exit', (code) => {
@@ -164,7 +166,7 @@ export class Daemon {
         reject(new Error(`kmsd exited with ${code}:\n${logs}`));
       });
     });
-    const d = new Daemon(stack, proc, port);
+    const d = new Daemon(stack, proc, port, xksPort);
     proc.stdout!.on('data', (x) => (d.logs += x));
     proc.stderr!.on('data', (x) => (d.logs += x));
     d.logs = logs;

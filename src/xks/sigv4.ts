@@ -1,0 +1,145 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
+import { Hash } from '@smithy/core/serde';
+import { SignatureV4 } from '@smithy/signature-v4';
+import type { HttpRequest, QueryParameterBag } from '@smithy/types';
+import { xksAuthFailed } from './errors.js';
+
+/** The service name every XKS request is signed for (spec, Appendix A). */
+export const XKS_SERVICE = 'kms-xks-proxy';
+/** Requests more than 5 minutes in the past or future fail authentication (spec, Task 4). */
+export const MAX_CLOCK_SKEW_MS = 5 * 60_000;
+
+export interface XksCredential {
+  accessKeyId: string;
+  secretAccessKey: string;
+}
+
+/** What the verifier needs of a received request: exactly the bytes the signer saw. */
+export interface ReceivedRequest {
+  method: string;
+  path: string;
+  /** Raw query string without `?` ('' when none). */
+  query: string;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+const AUTH = /^AWS4-HMAC-SHA256 (.+)$/;
+const AMZ_DATE = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/;
+const SIGNATURE = /^[0-9a-f]{64}$/;
+
+interface ParsedAuthorization {
+  accessKeyId: string;
+  date: string;
+  region: string;
+  service: string;
+  signedHeaders: string[];
+  signature: string;
+}
+
+function parseAuthorization(header: string | undefined): ParsedAuthorization {
+  const m = header ? AUTH.exec(header.trim()) : null;
+  if (!m) throw xksAuthFailed('missing or malformed Authorization header (expected AWS4-HMAC-SHA256)');
+  const fields = new Map<string, string>();
+  for (const part of m[1]!.split(/,\s*/)) {
+    const eq = part.indexOf('=');
+    if (eq > 0) fields.set(part.slice(0, eq).trim(), part.slice(eq + 1).trim());
+  }
+  const scope = (fields.get('Credential') ?? '').split('/');
+  const signedHeaders = (fields.get('SignedHeaders') ?? '').split(';').filter(Boolean);
+  const signature = fields.get('Signature') ?? '';
+  if (scope.length !== 5 || scope[4] !== 'aws4_request' || !signedHeaders.length || !SIGNATURE.test(signature))
+    throw xksAuthFailed('malformed Authorization header: Credential, SignedHeaders and Signature are required');
+  const [accessKeyId, date, region, service] = scope as [string, string, string, string];
+  return { accessKeyId, date, region, service, signedHeaders, signature };
+}
+
+function parseAmzDate(v: string | string[] | undefined): Date {
+  const m = typeof v === 'string' ? AMZ_DATE.exec(v) : null;
+  if (!m) throw xksAuthFailed('missing or malformed X-Amz-Date header (expected YYYYMMDDTHHMMSSZ)');
+  const [, y, mo, d, h, mi, s] = m.map(Number) as number[];
+  return new Date(Date.UTC(y!, mo! - 1, d!, h!, mi!, s!));
+}
+
+function parseQuery(raw: string): QueryParameterBag {
+  const bag: QueryParameterBag = {};
+  for (const [k, v] of new URLSearchParams(raw)) {
+    const prev = bag[k];
+    bag[k] = prev === undefined || prev === null ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  return bag;
+}
+
+/**
+ * SigV4 verification for one keystore: recomputes the signature over the received request
+ * with @smithy/signature-v4 (the AWS SDK's signer, so canonicalisation is not ours) using the
+ * secret the access key id names, and compares in constant time. Up to two credentials are
+ * accepted at once so operators can rotate (spec, "SigV4 credentials rotation").
+ */
+export class SigV4Verifier {
+  private readonly signers = new Map<string, SignatureV4>();
+
+  constructor(
+    credentials: XksCredential[],
+    readonly region: string,
+    /** Wall clock, not the daemon's testing clock: signers stamp real time. */
+    private readonly nowMs: () => number = Date.now,
+  ) {
+    for (const c of credentials)
+      this.signers.set(
+        c.accessKeyId,
+        new SignatureV4({
+          service: XKS_SERVICE,
+          region,
+          credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey },
+          sha256: Hash.bind(null, 'sha256'),
+          // The payload hash is recomputed from the body below, never added as a header.
+          applyChecksum: false,
+        }),
+      );
+  }
+
+  /** Resolves to the access key id that signed the request; throws AuthenticationFailedException. */
+  async verify(req: ReceivedRequest): Promise<string> {
+    const auth = parseAuthorization(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined);
+    const signer = this.signers.get(auth.accessKeyId);
+    if (!signer) throw xksAuthFailed('unknown access key id');
+    if (auth.service !== XKS_SERVICE) throw xksAuthFailed(`credential scope names service ${auth.service}, expected ${XKS_SERVICE}`);
+    if (auth.region !== this.region) throw xksAuthFailed(`credential scope names region ${auth.region}, expected ${this.region}`);
+    const signed = new Set(auth.signedHeaders);
+    if (!signed.has('host') || !signed.has('x-amz-date')) throw xksAuthFailed('SignedHeaders must include host and x-amz-date');
+
+    const date = parseAmzDate(req.headers['x-amz-date']);
+    if (Math.abs(this.nowMs() - date.getTime()) > MAX_CLOCK_SKEW_MS) throw xksAuthFailed('X-Amz-Date is more than 5 minutes off');
+    if (auth.date !== String(req.headers['x-amz-date']).slice(0, 8)) throw xksAuthFailed('credential scope date does not match X-Amz-Date');
+
+    const headers: Record<string, string> = {};
+    for (const name of signed) {
+      const v = req.headers[name];
+      if (v === undefined) throw xksAuthFailed(`signed header ${name} is missing`);
+      headers[name] = Array.isArray(v) ? v.join(',') : v;
+    }
+    // A signed x-amz-content-sha256 replaces the payload hash in the canonical request, so
+    // it must be the body's real hash, or a replayed signature could carry another body.
+    const claimed = headers['x-amz-content-sha256'];
+    if (claimed !== undefined && claimed !== createHash('sha256').update(req.body).digest('hex'))
+      throw xksAuthFailed('x-amz-content-sha256 does not match the body');
+
+    const request: HttpRequest = {
+      method: req.method,
+      protocol: 'https:',
+      hostname: headers.host!,
+      path: req.path,
+      query: parseQuery(req.query),
+      headers,
+      body: req.body,
+    };
+    const out = await signer.sign(request, { signingDate: date, signableHeaders: signed });
+    const expected = /Signature=([0-9a-f]{64})$/.exec(String(out.headers.authorization ?? ''))?.[1];
+    const a = Buffer.from(expected ?? '', 'hex');
+    const b = Buffer.from(auth.signature, 'hex');
+    if (a.length !== 32 || b.length !== 32 || !timingSafeEqual(a, b)) throw xksAuthFailed('signature does not match');
+    return auth.accessKeyId;
+  }
+}
