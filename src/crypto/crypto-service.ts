@@ -4,7 +4,6 @@ import { decryptionFailed, invalidCiphertext, KmsError, keyState, unsupported, v
 import { KEY_TYPES, type KeyFamily } from '../keys/key-types.js';
 import { findVersion, type KeyRecord, type KeyVersion } from '../keys/model.js';
 import { CKM_EDDSA, HASH_MECH, HMAC_MECH, type HashName } from '../token/constants.js';
-import { TokenError } from '../token/errors.js';
 import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
 import { publicKeyObject, spkiPem } from '../token/public-key.js';
@@ -30,17 +29,6 @@ const DIGEST_INFO: Record<SigningHash, Buffer> = {
   SHA512: Buffer.from('3051300d060960864801650304020305000440', 'hex'),
 };
 
-/**
- * pkcs11js hands a zero-length Buffer to the module as a NULL pointer; SoftHSM2 2.6.1 answers
- * C_Encrypt/C_Sign/C_Verify/C_Decrypt(NULL, 0) with CKR_ARGUMENTS_BAD *and leaves the operation
- * active on the session*, so every later operation on that session failed (CKR_OPERATION_ACTIVE,
- * a 500 for everyone) after one request with an empty plaintext, HMAC input, Ed25519 message or
- * RSA ciphertext (measured). A zero-length view into a real allocation is a non-NULL pointer with
- * length 0, which the token handles as the empty input it is (still computed in the token).
- */
-const CKR_GENERAL_ERROR = 0x5;
-const NON_NULL_EMPTY = Buffer.alloc(1).subarray(0, 0);
-export const tokenInput = (b: Buffer): Buffer => (b.length ? b : NON_NULL_EMPTY);
 
 export function parseHash(name: string | undefined, field: string): SigningHash | undefined {
   if (name === undefined || name === '') return undefined;
@@ -102,7 +90,7 @@ export class CryptoService {
   private encryptWith(token: RegionToken, key: KeyRecord, plaintext: Buffer, aad: Buffer, keyVersion?: number) {
     const v = this.versionForNew(key, keyVersion);
     const iv = this.ivs.next();
-    const ct = token.aesGcmEncrypt(Buffer.from(v.ckaId), iv, aad, tokenInput(plaintext));
+    const ct = token.aesGcmEncrypt(Buffer.from(v.ckaId), iv, aad, plaintext);
     return { ciphertext: formatVersioned(v.version, Buffer.concat([iv, ct])), keyVersion: String(v.version) };
   }
 
@@ -132,7 +120,7 @@ export class CryptoService {
     const token = this.usable(key, ['aes'], 'encrypt');
     const v = this.versionForNew(key, undefined);
     const iv = this.ivs.next();
-    const out = token.aesGcmEncrypt(Buffer.from(v.ckaId), iv, typeof aad === 'function' ? aad(v.version) : aad, tokenInput(plaintext));
+    const out = token.aesGcmEncrypt(Buffer.from(v.ckaId), iv, typeof aad === 'function' ? aad(v.version) : aad, plaintext);
     return { version: v.version, iv, ciphertext: out.subarray(0, out.length - 16), tag: out.subarray(out.length - 16) };
   }
 
@@ -227,7 +215,7 @@ export class CryptoService {
     const token = this.usable(key, ['ed25519', 'ecdsa', 'rsa'], 'sign');
     const v = this.versionForNew(key, req.keyVersion);
     const plan = this.signingPlan(key, req);
-    let sig = await token.sign(Buffer.from(v.ckaId), plan.mech, tokenInput(plan.data));
+    let sig = await token.sign(Buffer.from(v.ckaId), plan.mech, plan.data);
     if (KEY_TYPES[key.keyType].family === 'ecdsa') sig = rawToDer(sig);
     return { signature: formatVersioned(v.version, sig), keyVersion: String(v.version) };
   }
@@ -240,7 +228,7 @@ export class CryptoService {
     let sig: Buffer | undefined = data;
     if (KEY_TYPES[key.keyType].family === 'ecdsa') sig = derToRaw(data, EC_SIZE[key.keyType]!);
     if (!sig || !sig.length) return { valid: false };
-    return { valid: await token.verify(Buffer.from(v.ckaId), plan.mech, tokenInput(plan.data), sig) };
+    return { valid: await token.verify(Buffer.from(v.ckaId), plan.mech, plan.data, sig) };
   }
 
   // ---- HMAC ----------------------------------------------------------------------------------
@@ -256,7 +244,7 @@ export class CryptoService {
     const token = this.usable(key, ['hmac'], 'hmac');
     const mech = this.hmacMechanism(key, algorithm, 'algorithm');
     const v = this.versionForNew(key, keyVersion);
-    return { hmac: formatVersioned(v.version, token.hmac(Buffer.from(v.ckaId), mech, tokenInput(input))), keyVersion: String(v.version) };
+    return { hmac: formatVersioned(v.version, token.hmac(Buffer.from(v.ckaId), mech, input)), keyVersion: String(v.version) };
   }
 
   verifyHmac(key: KeyRecord, input: Buffer, mac: string, hashAlgorithm?: string) {
@@ -264,7 +252,7 @@ export class CryptoService {
     const mech = this.hmacMechanism(key, hashAlgorithm, 'hashAlgorithm');
     const { version, data } = parseVersioned(mac, 'hmac');
     const v = this.versionForExisting(key, version, 'hmac');
-    const expected = token.hmac(Buffer.from(v.ckaId), mech, tokenInput(input));
+    const expected = token.hmac(Buffer.from(v.ckaId), mech, input);
     const valid = expected.length === data.length && timingSafeEqual(expected, data);
     return { valid, keyVersion: String(version) };
   }
@@ -302,14 +290,7 @@ export class CryptoService {
     if (!hash || !supported.includes(hash))
       throw unsupported(`hashFunction: this region's token does RSA-OAEP with ${supported.join(', ') || 'no hash'} only`);
     const v = keyVersion === undefined ? findVersion(key, key.latestVersion)! : this.versionForExisting(key, keyVersion, 'keyVersion');
-    let pt: Buffer | undefined;
-    try {
-      pt = await token.rsaOaepDecrypt(Buffer.from(v.ckaId), hash, tokenInput(ciphertext));
-    } catch (e) {
-      // SoftHSM2 2.6.1 reports every OAEP decoding failure (other hash, other key, PKCS#1 v1.5,
-      // garbage, wrong length) as CKR_GENERAL_ERROR, as it does a GCM tag mismatch (measured).
-      if (!(e instanceof TokenError && e.ckr === CKR_GENERAL_ERROR)) throw e;
-    }
+    const pt = await token.rsaOaepDecrypt(Buffer.from(v.ckaId), hash, ciphertext);
     if (!pt) throw decryptionFailed('decryption failed: wrong key, wrong hash or corrupted ciphertext');
     return { plaintext: pt.toString('base64'), keyVersion: String(v.version) };
   }

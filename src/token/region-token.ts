@@ -128,6 +128,30 @@ export class RegionToken {
     throw err;
   }
 
+  /**
+   * Replaces a session whose operation a failed call left active (SoftHSM2 does so on
+   * CKR_ARGUMENTS_BAD; later calls then get CKR_OPERATION_ACTIVE). Only for those two codes:
+   * closing a session also destroys the session objects it created (probe pairs, BYOK
+   * ephemeral keys), so a session is never recycled for ordinary failures.
+   */
+  private renewSession = (old: pkcs11js.Handle, error: unknown): pkcs11js.Handle => {
+    const ckr = toTokenError(error, 'renew').ckr;
+    if (ckr !== 0x7 && ckr !== 0x90) return old;
+    const p11 = this.lib!.p11;
+    try {
+      p11.C_CloseSession(old);
+    } catch {
+      /* already gone */
+    }
+    try {
+      const fresh = p11.C_OpenSession(this.slot!, SESSION_FLAGS);
+      this.allSessions = this.allSessions.map((h) => (h.equals(old) ? fresh : h));
+      return fresh;
+    } catch {
+      return old; // the token itself is failing; the unavailable path takes over
+    }
+  };
+
   private get p11(): pkcs11js.PKCS11 {
     if (this.down !== undefined || !this.lib) throw new TokenError('unavailable', 0xe0, this.down ?? 'not connected');
     return this.lib.p11;
@@ -215,6 +239,7 @@ export class RegionToken {
       return fn(this.handle(ckaId, cls));
     } catch (e) {
       const err = toTokenError(e, what);
+      if (this.syncSession) this.syncSession = this.renewSession(this.syncSession, err);
       if (err.kind !== 'staleHandle') return this.fail(err, what);
       this.forget(ckaId);
       try {
@@ -243,7 +268,7 @@ export class RegionToken {
           this.forget(ckaId);
           return await fn(p11, s, this.handle(ckaId, cls));
         }
-      });
+      }, this.renewSession);
     } catch (e) {
       return this.fail(e, what);
     } finally {
@@ -334,7 +359,7 @@ export class RegionToken {
       const p11 = this.p11;
       const s = this.syncSession!;
       p11.C_EncryptInit(s, gcm(iv, aad), h);
-      return p11.C_Encrypt(s, plaintext, Buffer.allocUnsafe(plaintext.length + 16));
+      return p11.C_Encrypt(s, input(plaintext), Buffer.allocUnsafe(plaintext.length + 16));
     });
     this.timer('encrypt', (performance.now() - started) / 1000);
     return out;
@@ -348,7 +373,7 @@ export class RegionToken {
         const p11 = this.p11;
         const s = this.syncSession!;
         p11.C_DecryptInit(s, gcm(iv, aad), h);
-        return p11.C_Decrypt(s, ctAndTag, Buffer.allocUnsafe(ctAndTag.length));
+        return p11.C_Decrypt(s, input(ctAndTag), Buffer.allocUnsafe(ctAndTag.length));
       });
     } catch (e) {
       // SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR (0x5), measured.
@@ -365,7 +390,7 @@ export class RegionToken {
       const p11 = this.p11;
       const s = this.syncSession!;
       p11.C_SignInit(s, { mechanism }, h);
-      return p11.C_Sign(s, data, Buffer.allocUnsafe(64));
+      return p11.C_Sign(s, input(data), Buffer.allocUnsafe(64));
     });
     this.timer('hmac', (performance.now() - started) / 1000);
     return out;
@@ -385,7 +410,7 @@ export class RegionToken {
   sign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
     return this.withSessionAndHandle(ckaId, 'private', 'sign', (p11, s, h) => {
       p11.C_SignInit(s, mechanism, h);
-      return p11.C_SignAsync(s, data, Buffer.allocUnsafe(1024));
+      return p11.C_SignAsync(s, input(data), Buffer.allocUnsafe(1024));
     });
   }
 
@@ -393,7 +418,7 @@ export class RegionToken {
     try {
       return await this.withSessionAndHandle(ckaId, 'public', 'verify', (p11, s, h) => {
         p11.C_VerifyInit(s, mechanism, h);
-        return p11.C_VerifyAsync(s, data, signature);
+        return p11.C_VerifyAsync(s, input(data), input(signature));
       });
     } catch (e) {
       if (e instanceof TokenError && e.kind === 'badSignature') return false;
@@ -406,10 +431,11 @@ export class RegionToken {
     try {
       return await this.withSessionAndHandle(ckaId, 'private', 'decrypt-asymmetric', (p11, s, h) => {
         p11.C_DecryptInit(s, oaep(hash), h);
-        return p11.C_DecryptAsync(s, ciphertext, Buffer.allocUnsafe(1024));
+        return p11.C_DecryptAsync(s, input(ciphertext), Buffer.allocUnsafe(1024));
       });
     } catch (e) {
-      if (e instanceof TokenError && (e.kind === 'badCiphertext' || e.kind === 'badWrappedKey')) return undefined;
+      // SoftHSM2 reports every OAEP decoding failure as CKR_GENERAL_ERROR (0x5), measured.
+      if (e instanceof TokenError && (e.kind === 'badCiphertext' || e.kind === 'badWrappedKey' || e.ckr === 0x5)) return undefined;
       throw e;
     }
   }
@@ -519,6 +545,14 @@ export class RegionToken {
     return this.mechanisms.has(CKM_EDDSA);
   }
 }
+
+/**
+ * pkcs11js passes an empty Buffer as a NULL pointer; SoftHSM2 answers CKR_ARGUMENTS_BAD and
+ * leaves the operation active. A zero-length view into a real allocation is a non-NULL pointer
+ * with length 0: the empty input the caller meant, still computed in the token.
+ */
+const NON_NULL_EMPTY = Buffer.alloc(1).subarray(0, 0);
+const input = (b: Buffer): Buffer => (b.length ? b : NON_NULL_EMPTY);
 
 function cacheKey(cls: number, ckaId: Buffer): string {
   return `${cls}:${ckaId.toString('hex')}`;

@@ -12,10 +12,18 @@ export class TokenSessionPool {
     this.idle = [...sessions];
   }
 
-  async use<T>(fn: (session: pkcs11js.Handle) => Promise<T>): Promise<T> {
-    const session = this.idle.pop() ?? (await new Promise<pkcs11js.Handle>((resolve) => this.waiters.push(resolve)));
+  /**
+   * Runs `fn` on an exclusive session. If it fails, `renew` may swap the session for a fresh
+   * one: a failed call can leave its operation active on the session (SoftHSM2 does on
+   * CKR_ARGUMENTS_BAD), and a session must never carry that into the next caller's request.
+   */
+  async use<T>(fn: (session: pkcs11js.Handle) => Promise<T>, renew?: (session: pkcs11js.Handle, error: unknown) => pkcs11js.Handle): Promise<T> {
+    let session = this.idle.pop() ?? (await new Promise<pkcs11js.Handle>((resolve) => this.waiters.push(resolve)));
     try {
       return await fn(session);
+    } catch (e) {
+      if (renew) session = renew(session, e);
+      throw e;
     } finally {
       const next = this.waiters.shift();
       if (next) next(session);
