@@ -20,11 +20,10 @@ export function createApp(s: Services, version: string): express.Express {
     const id = requestIdFrom(req, randomUUID);
     res.locals.requestId = id;
     res.setHeader('X-Request-Id', id);
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     res.on('finish', () => {
       const route = (req.route?.path as string | undefined) ?? 'unmatched';
-      s.metrics.httpRequests.inc({ route, method: req.method, status: String(res.statusCode) });
-      s.metrics.httpDuration.observe({ route, method: req.method }, Number(process.hrtime.bigint() - started) / 1e9);
+      s.metrics.observeRequest(route, req.method, res.statusCode, (performance.now() - started) / 1000);
     });
     next();
   });
@@ -32,11 +31,12 @@ export function createApp(s: Services, version: string): express.Express {
   // JSON bodies only; anything larger than limits.maxBodyBytes is 413 PayloadTooLarge.
   app.use(express.json({ limit: s.config.limits.maxBodyBytes, strict: false, type: ['application/json', 'application/*+json'] }));
 
+  // Cryptographic operations first: they are the hot path, and Express tries routes in order.
+  app.use(cryptoRoutes(s));
   app.use(systemRoutes(s, version));
   app.use(auditRoutes(s));
   app.use(byokRoutes(s));
   app.use(keyRoutes(s));
-  app.use(cryptoRoutes(s));
 
   app.use((_req: Request, res: Response) => {
     sendError(res, { status: 404, code: 'NotFound', message: 'no such route' }, String(res.locals.requestId));

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Clock } from '../clock.js';
-import type { Database, Tx } from '../store/database.js';
+import type { Database } from '../store/database.js';
 
 export type AuditOutcome = 'success' | 'denied' | 'failure';
 
@@ -23,8 +23,8 @@ export interface StoredAuditEvent extends AuditEvent {
 }
 
 const GENESIS = '0'.repeat(64);
+/** 13 columns × 1000 rows = 13,000 bound parameters, below SQLite's 32,766. */
 const MAX_BATCH = 1000;
-const ROWS_PER_INSERT = 60; // 13 columns × 60 rows stays far below SQLite's bound-parameter limit
 
 /** The hashed content of one record: every column but the hash itself, in a fixed order. */
 function recordHash(e: StoredAuditEvent, prevHash: string): string {
@@ -85,7 +85,7 @@ export class AuditLog {
     while (this.queue.length) {
       const batch = this.queue.splice(0, MAX_BATCH);
       try {
-        await this.db.transaction((tx) => this.append(tx, batch.map((p) => p.event)));
+        await this.append(batch.map((p) => p.event));
         this.committed += batch.length;
         this.onBatch(batch.length);
         for (const p of batch) p.resolve();
@@ -96,41 +96,60 @@ export class AuditLog {
     this.flushing = false;
   }
 
-  private async append(tx: Tx, events: AuditEvent[]): Promise<void> {
-    const last = await tx.get<{ seq: number; hash: string }>('SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1');
-    let seq = last?.seq ?? 0;
-    let prev = last?.hash ?? GENESIS;
-    const time = this.clock.nowIso();
-    const rows: unknown[][] = [];
-    for (const e of events) {
-      const stored: StoredAuditEvent = { ...e, seq: ++seq, time };
-      const hash = recordHash(stored, prev);
-      rows.push([
-        stored.seq,
-        time,
-        e.action,
-        e.outcome,
-        e.region ?? null,
-        e.keyIdentity ?? null,
-        e.keyVersion ?? null,
-        e.principal ?? null,
-        e.organisation ?? null,
-        e.requestId ?? null,
-        e.detail ? JSON.stringify(e.detail) : null,
-        prev,
-        hash,
-      ]);
-      prev = hash;
-    }
-    for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
-      const chunk = rows.slice(i, i + ROWS_PER_INSERT);
-      await tx.run(
-        `INSERT INTO audit_events (seq, time, action, outcome, region, key_identity, key_version, principal, organisation, request_id, detail, prev_hash, hash) VALUES ${chunk
-          .map(() => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
-          .join(', ')}`,
-        chunk.flat(),
+  /** Last committed link of the chain as this process last saw it (another process may have moved on). */
+  private head?: { seq: number; hash: string };
+
+  private async readHead(): Promise<{ seq: number; hash: string }> {
+    const last = await this.db.get<{ seq: number; hash: string }>('SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1');
+    return last ?? { seq: 0, hash: GENESIS };
+  }
+
+  /**
+   * Appends a batch with ONE guarded INSERT: it only writes if the chain's head is still the one
+   * the batch was hashed against (atomic in SQLite: a stale snapshot cannot take the write lock).
+   * If another process appended meanwhile, nothing is written and the batch is re-chained.
+   */
+  private async append(events: AuditEvent[]): Promise<void> {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const head = this.head ?? (await this.readHead());
+      let seq = head.seq;
+      let prev = head.hash;
+      const time = this.clock.nowIso();
+      const params: unknown[] = [];
+      for (const e of events) {
+        const stored: StoredAuditEvent = { ...e, seq: ++seq, time };
+        const hash = recordHash(stored, prev);
+        params.push(
+          stored.seq,
+          time,
+          e.action,
+          e.outcome,
+          e.region ?? null,
+          e.keyIdentity ?? null,
+          e.keyVersion ?? null,
+          e.principal ?? null,
+          e.organisation ?? null,
+          e.requestId ?? null,
+          e.detail ? JSON.stringify(e.detail) : null,
+          prev,
+          hash,
+        );
+        prev = hash;
+      }
+      const values = events.map(() => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ');
+      const res = await this.db.writeStatement(
+        `INSERT INTO audit_events (seq, time, action, outcome, region, key_identity, key_version, principal, organisation, request_id, detail, prev_hash, hash)
+         SELECT * FROM (VALUES ${values})
+         WHERE COALESCE((SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), ?) = ?`,
+        [...params, GENESIS, head.hash],
       );
+      if (res.changes === events.length) {
+        this.head = { seq, hash: prev };
+        return;
+      }
+      this.head = undefined;
     }
+    throw new Error('audit: could not extend the hash chain (contention)');
   }
 
   /** Recomputes the whole chain; an edited, inserted or deleted row makes it invalid. */

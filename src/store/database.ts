@@ -110,6 +110,27 @@ export class Database {
     return this.reader.all<T>(sql, params);
   }
 
+  /**
+   * One self-contained write statement (atomic on its own, autocommit), queued with the
+   * transactions so it never lands inside someone else's. One thread-pool hop instead of the
+   * four of BEGIN…COMMIT: the audit trail's group commit is built on it.
+   */
+  writeStatement(sql: string, params: Params): Promise<{ changes: number; lastID: number }> {
+    const run = async () => {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await this.writer.run(sql, params);
+        } catch (e) {
+          if (!isBusy(e) || attempt >= 50) throw e;
+          await new Promise((r) => setTimeout(r, 5 + Math.random() * 20));
+        }
+      }
+    };
+    const result = this.queue.then(run, run);
+    this.queue = result.catch(() => {});
+    return result;
+  }
+
   /** Runs `fn` in one write transaction (BEGIN IMMEDIATE), retrying if another process holds the lock. */
   transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
     const run = async (): Promise<T> => {
