@@ -1,13 +1,14 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { Logger } from 'winston';
 import type { Clock } from '../clock.js';
-import { forbidden, keyState, unsupported, validation } from '../errors.js';
+import { forbidden, keyState, regionUnavailable, unsupported, validation } from '../errors.js';
 import type { CreateKeyInput, KeyService, Scope } from '../keys/key-service.js';
 import { isAsymmetric, KEY_TYPES, type KeyType } from '../keys/key-types.js';
 import { findVersion, slugify, type KeyRecord } from '../keys/model.js';
 import type { RotationService } from '../rotation/rotation-service.js';
 import type { Database } from '../store/database.js';
 import type { HashName } from '../token/constants.js';
+import { probeOaepHashes } from '../token/probe.js';
 import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { ObjectOptions } from '../token/templates.js';
@@ -30,6 +31,8 @@ export interface ExportResult {
   keyVersion: string;
   wrappingAlgorithm: string;
 }
+
+const REPROBE_INTERVAL_MS = 60_000;
 
 export interface ByokDeps {
   db: Database;
@@ -56,21 +59,37 @@ export class ByokService {
     this.importTokens = new ImportTokens(d.db, d.regions, d.clock, d.log);
   }
 
-  /** The OAEP hashes the region's token can unwrap with, strongest first (probed at connect). */
-  private hashes(region: string): HashName[] {
-    return this.d.regions.oaepHashes.get(region) ?? [];
+  /**
+   * The OAEP hashes the region's token can unwrap with, strongest first (probed at connect).
+   * An empty list is probed again (at most once a minute per region) before anything is
+   * refused: a start-up probe came back empty on a token that does SHA-1 (seen in
+   * tests, with two daemons starting together), and that would disable BYOK until a restart.
+   */
+  private async hashes(region: string): Promise<HashName[]> {
+    const known = this.d.regions.oaepHashes.get(region) ?? [];
+    if (known.length) return known;
+    const last = this.lastReprobe.get(region) ?? 0;
+    if (Date.now() - last < REPROBE_INTERVAL_MS) return known;
+    this.lastReprobe.set(region, Date.now());
+    const found = await probeOaepHashes(this.d.regions.require(region));
+    if (found.length) {
+      this.d.log.warn('OAEP hashes found on a second probe', { region, hashes: found });
+      this.d.regions.oaepHashes.set(region, found);
+    }
+    return found;
   }
+  private readonly lastReprobe = new Map<string, number>();
 
   async wrappingKey(region: string) {
     const k = await this.wrappingKeys.get(region);
-    return { publicKey: k.publicKeyPem, algorithm: 'RSA_AES_KEY_WRAP', hashFunctions: this.hashes(region) };
+    return { publicKey: k.publicKeyPem, algorithm: 'RSA_AES_KEY_WRAP', hashFunctions: await this.hashes(region) };
   }
 
   /** POST /keys with importKeyMaterial: the two-part blob under the regional wrapping key. */
   async createFromWrappingKey(scope: Scope, input: ImportWithWrappingKeyInput): Promise<KeyRecord> {
     checkImportable(input.keyType);
     checkRotationFields(input);
-    const hash = requireOaepHash(this.hashes(scope.region), input.hashFunction, scope.region, 'hashFunction');
+    const hash = requireOaepHash(await this.hashes(scope.region), input.hashFunction, scope.region, 'hashFunction');
     const token = this.d.regions.require(scope.region);
     const wk = await this.wrappingKeys.get(scope.region);
     const blob = Buffer.from(input.importKeyMaterial, 'base64');
@@ -93,7 +112,7 @@ export class ByokService {
       throw validation(
         `wrappingAlgorithm: ${wrappingAlgorithm} wraps the material itself, which fits symmetric keys only; use RSA_AES_KEY_WRAP_${scheme.hash} for ${keyType}`,
       );
-    const supported = this.hashes(scope.region);
+    const supported = await this.hashes(scope.region);
     if (!supported.includes(scheme.hash))
       throw unsupported(
         `wrappingAlgorithm: ${wrappingAlgorithm} needs RSA-OAEP with ${scheme.hash}; the token of region ${scope.region} does RSA-OAEP with ` +
@@ -127,6 +146,10 @@ export class ByokService {
   }
 
   private async unwrapWithImportToken(token: RegionToken, row: ImportTokenRow, keyType: KeyType, to: ObjectOptions, wrappedB64: string): Promise<void> {
+    // Checked before the token is used up: SoftHSM2 may hide a pair another daemon made from
+    // this process for a while (see WrappingKeys.generate); that is no reason to burn the token.
+    if (!token.exists(Buffer.from(row.cka_id), 'private'))
+      throw regionUnavailable(token.settings.region, 'the import key of this token is not visible to this process yet; retry');
     await this.importTokens.consume(row);
     try {
       const scheme = parseWrappingAlgorithm(row.wrapping_algorithm);
@@ -154,7 +177,7 @@ export class ByokService {
 
     if (req.wrappingPublicKeyPem !== undefined) {
       const callerKey = parseCallerKey(req.wrappingPublicKeyPem);
-      const hash = requireOaepHash(this.hashes(key.region), req.hashFunction, key.region, 'hashFunction');
+      const hash = requireOaepHash(await this.hashes(key.region), req.hashFunction, key.region, 'hashFunction');
       const blob = await wrapForCaller(token, object, callerKey, hash);
       return { keyMaterial: blob.toString('base64'), keyVersion: String(v.version), wrappingAlgorithm: `RSA_AES_KEY_WRAP_${hash}` };
     }
