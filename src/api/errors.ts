@@ -34,6 +34,8 @@ export function mapError(e: unknown, region?: string): MappedError {
     if (e.kind === 'unavailable')
       return { status: 503, code: 'RegionUnavailable', message: `region ${region ?? ''} is unavailable: ${e.message}`.replace('  ', ' ') };
     if (e.kind === 'unsupported') return { status: 400, code: 'UnsupportedOperation', message: e.message };
+    // A recorded object not visible to this process yet: the token's index is being re-read.
+    if (e.kind === 'staleHandle') return { status: 503, code: 'RegionUnavailable', message: `${e.message}; retry shortly` };
   }
   const b = e as { type?: string; status?: number; message?: string };
   if (b && typeof b === 'object' && typeof b.type === 'string' && typeof b.status === 'number') {

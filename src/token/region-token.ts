@@ -44,6 +44,8 @@ export class RegionToken {
   private readonly handles = new Map<string, pkcs11js.Handle>();
   private down: string | undefined = 'not connected yet';
   mechanisms = new Set<number>();
+  /** Set by the registry: called when an object that should exist is not visible. */
+  onMissingObject?: () => void;
   /** Objects the start-up scan could not read (reported by readiness details and logs). */
   unreadable = 0;
   manufacturer = '';
@@ -116,6 +118,18 @@ export class RegionToken {
   close(): void {
     this.closeSessions();
     this.down = 'closed';
+  }
+
+  /**
+   * Takes the region out of service (503 for new requests) and waits until no async operation
+   * is in flight, so the library can be re-initialised under it. Sync operations cannot be in
+   * flight while this (JS-thread) code runs.
+   */
+  async drain(reason: string, timeoutMs = 5000): Promise<void> {
+    const pool = this.pool;
+    this.down = reason;
+    const until = Date.now() + timeoutMs;
+    while (pool && pool.busy > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
   }
 
   /** Marks the region down after a device-class failure; the daemon's retry loop reconnects. */
@@ -205,7 +219,14 @@ export class RegionToken {
     const cached = this.handles.get(key);
     if (cached) return cached;
     const found = this.find(ckaId, cls);
-    if (!found) throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} on the token`);
+    if (!found) {
+      // Callers only look up objects SQLite says exist. SoftHSM2 2.6.1 can miss an object another
+      // process created at the same moment as one of its own writes (both bump the generation
+      // counter; this process never sees the counter move, so it never re-reads the token
+      // directory). Only re-initialising the library re-reads it: ask the registry to do so.
+      this.onMissingObject?.();
+      throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} visible on the token`);
+    }
     this.handles.set(key, found);
     return found;
   }

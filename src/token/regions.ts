@@ -12,6 +12,8 @@ import type { HashName } from './constants.js';
  */
 export class RegionRegistry {
   private timer?: NodeJS.Timeout;
+  private readonly refreshing = new Map<string, Promise<void>>();
+  private readonly lastRefresh = new Map<string, number>();
   readonly oaepHashes = new Map<string, HashName[]>();
 
   constructor(
@@ -22,6 +24,7 @@ export class RegionRegistry {
 
   /** Connects every token once; failures are logged and left to the retry loop. */
   async connectAll(): Promise<void> {
+    for (const t of this.tokens.values()) t.onMissingObject = () => this.refreshObjectIndex(t.settings.modulePath);
     for (const name of this.tokens.keys()) await this.tryConnect(name);
   }
 
@@ -35,12 +38,18 @@ export class RegionRegistry {
       return false;
     }
     this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
-    try {
-      this.oaepHashes.set(name, await probeOaepHashes(t));
-    } catch (e) {
-      this.log.warn('OAEP probe failed', { region: name, reason: (e as Error).message });
-      this.oaepHashes.set(name, []);
+    // Trial unwraps can fail transiently (e.g. another daemon starting on the same token at the
+    // same moment, seen in tests): an empty answer is retried before it is believed.
+    let hashes: string[] = [];
+    for (let attempt = 0; attempt < 3 && !hashes.length; attempt++) {
+      try {
+        hashes = await probeOaepHashes(t);
+      } catch (e) {
+        this.log.warn('OAEP probe failed', { region: name, attempt, reason: (e as Error).message });
+      }
+      if (!hashes.length) await new Promise((r) => setTimeout(r, 200));
     }
+    this.oaepHashes.set(name, hashes as HashName[]);
     await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
     return true;
   }
@@ -59,9 +68,36 @@ export class RegionRegistry {
     lib.reinitialize();
   }
 
+  /**
+   * Re-reads the token's objects by re-initialising its library (the only way SoftHSM2 picks up
+   * objects it missed; see RegionToken.handle). Single-flight per library and at most once a second;
+   * the regions on that library answer 503 for the few milliseconds it takes.
+   */
+  refreshObjectIndex(modulePath: string): void {
+    if (this.refreshing.has(modulePath) || Date.now() - (this.lastRefresh.get(modulePath) ?? 0) < 1000) return;
+    const lib = Pkcs11Library.get(modulePath);
+    if (!lib) return;
+    const run = (async () => {
+      const siblings = [...this.tokens.values()].filter((t) => t.settings.modulePath === modulePath && t.available);
+      await Promise.all(siblings.map((t) => t.drain('re-reading the token object index')));
+      lib.reinitialize();
+      for (const t of siblings)
+        try {
+          t.connect();
+        } catch (e) {
+          this.log.warn('region token unavailable after object index refresh', { region: t.settings.region, reason: (e as Error).message });
+        }
+      this.log.warn('re-initialised the PKCS#11 library to see objects another process created', { modulePath });
+    })().finally(() => {
+      this.lastRefresh.set(modulePath, Date.now());
+      this.refreshing.delete(modulePath);
+    });
+    this.refreshing.set(modulePath, run);
+  }
+
   startRetry(intervalMs = 5000): void {
     this.timer = setInterval(() => {
-      for (const [name, t] of this.tokens) if (!t.available) void this.tryConnect(name, true);
+      for (const [name, t] of this.tokens) if (!t.available && !this.refreshing.has(t.settings.modulePath)) void this.tryConnect(name, true);
     }, intervalMs);
     this.timer.unref();
   }

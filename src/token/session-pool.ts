@@ -31,6 +31,11 @@ export class TokenSessionPool {
     }
   }
 
+  /** Sessions currently lent out (an async operation is in flight on each). */
+  get busy(): number {
+    return this.sessions.length - this.idle.length;
+  }
+
   get waiting(): number {
     return this.waiters.length;
   }

@@ -59,7 +59,8 @@ export function toXksError(e: unknown): XksError {
     const name = FROM_KMS[e.code];
     if (name) return new XksError(name, e.message);
   }
-  if (e instanceof TokenError && e.kind === 'unavailable') return new XksError('DependencyTimeoutException', `the HSM is unavailable: ${e.message}`);
+  if (e instanceof TokenError && (e.kind === 'unavailable' || e.kind === 'staleHandle'))
+    return new XksError('DependencyTimeoutException', `the HSM is unavailable: ${e.message}`);
   return new XksError('InternalException', 'internal error');
 }
 
