@@ -88,6 +88,8 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     };
     tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION }, timer));
   }
+  // The registry's on-connect step needs the key service, which needs the registry: bound below.
+  // eslint-disable-next-line prefer-const
   let keys!: KeyService;
   const enabledOrgs = config.organisations.filter((o) => o.kmsEnabled).map((o) => o.identity);
   const reconcile = async (region: string) => {

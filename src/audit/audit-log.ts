@@ -185,10 +185,17 @@ export class AuditLog {
   }): Promise<StoredAuditEvent[]> {
     const where = ['organisation = ?'];
     const params: unknown[] = [f.organisation];
-    if (f.region) (where.push('region = ?'), params.push(f.region));
-    if (f.keyIdentity) (where.push('key_identity = ?'), params.push(f.keyIdentity));
-    if (f.action) (where.push('action = ?'), params.push(f.action));
-    if (f.since) (where.push('time >= ?'), params.push(f.since));
+    const filters: [string, unknown][] = [
+      ['region = ?', f.region],
+      ['key_identity = ?', f.keyIdentity],
+      ['action = ?', f.action],
+      ['time >= ?', f.since],
+    ];
+    for (const [clause, value] of filters)
+      if (value) {
+        where.push(clause);
+        params.push(value);
+      }
     const rows = await this.db.all<Record<string, unknown>>(
       `SELECT * FROM audit_events WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT ?`,
       [...params, f.limit],

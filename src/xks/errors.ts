@@ -66,7 +66,7 @@ export function toXksError(e: unknown): XksError {
 
 /** The spec's error body; errorMessage is printable ASCII below 512 characters. */
 export function errorBody(e: XksError): { errorName: string; errorMessage: string } {
-  // eslint-disable-next-line no-control-regex
+
   const msg = e.message.replace(/[^\x20-\x7e]/g, '?').slice(0, 511);
   return { errorName: e.errorName, errorMessage: msg };
 }

@@ -124,8 +124,8 @@ describe('keys: key management over HTTP on a real SoftHSM2 token', function () 
           expect(objs, 'a private and a public object').to.have.length(2);
           const priv = objs.find((o) => o.cls === CKO.PRIVATE)!;
           const pub = objs.find((o) => o.cls === CKO.PUBLIC)!;
-          expect(priv, 'private key object').to.exist;
-          expect(pub, 'public key object').to.exist;
+          expect(priv, 'private key object').to.not.equal(undefined);
+          expect(pub, 'public key object').to.not.equal(undefined);
           expect(priv.id).to.equal(pub.id);
           expect(priv).to.include({ keyType: want.pair!.keyType, token: true, private: true, sensitive: true, extractable: false, neverExtractable: true });
           expect(pub).to.include({ keyType: want.pair!.keyType, token: true, private: false });
