@@ -26,7 +26,7 @@ import { Database } from './store/database.js';
 import { KeysRepository } from './store/keys-repo.js';
 import { RegionToken } from './token/region-token.js';
 import { RegionRegistry } from './token/regions.js';
-import { startXks, type XksServer } from './xks/server.js';
+import type { XksServer } from './xks/server.js';
 
 export const VERSION = '0.1.0';
 const CLOCK_SETTING = 'clock_offset_ms';
@@ -111,9 +111,6 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const crypto = new CryptoService(regions);
   const byok = new ByokService({ db, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
 
-  await regions.connectAll();
-  regions.startRetry();
-
   const scheduler = new Scheduler(
     config.mongodbUri,
     await installationId(db),
@@ -130,6 +127,9 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     log,
   );
   scheduler.start();
+  await regions.connectAll();
+  regions.startRetry();
+
 
   const services: Services = {
     config,
@@ -180,7 +180,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   });
   const port = (server.address() as AddressInfo).port;
   let xks: XksServer | undefined;
-  if (config.xks) xks = await startXks(config.xks, services);
+  if (config.xks) xks = await (await import('./xks/server.js')).startXks(config.xks, services);
   log.info('kmsd listening', { host: config.listen.host, port, tls: Boolean(tls), xksPort: xks?.port, startupMs: Date.now() - startedAtMs });
 
   let stopping: Promise<void> | undefined;

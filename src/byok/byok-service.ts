@@ -8,7 +8,6 @@ import { findVersion, slugify, type KeyRecord } from '../keys/model.js';
 import type { RotationService } from '../rotation/rotation-service.js';
 import type { Database } from '../store/database.js';
 import type { HashName } from '../token/constants.js';
-import { probeOaepHashes } from '../token/probe.js';
 import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { ObjectOptions } from '../token/templates.js';
@@ -32,7 +31,6 @@ export interface ExportResult {
   wrappingAlgorithm: string;
 }
 
-const REPROBE_INTERVAL_MS = 60_000;
 
 export interface ByokDeps {
   db: Database;
@@ -59,26 +57,9 @@ export class ByokService {
     this.importTokens = new ImportTokens(d.db, d.regions, d.clock, d.log);
   }
 
-  /**
-   * The OAEP hashes the region's token can unwrap with, strongest first (probed at connect).
-   * An empty list is probed again (at most once a minute per region) before anything is
-   * refused: a start-up probe came back empty on a token that does SHA-1 (seen in
-   * tests, with two daemons starting together), and that would disable BYOK until a restart.
-   */
-  private async hashes(region: string): Promise<HashName[]> {
-    const known = this.d.regions.oaepHashes.get(region) ?? [];
-    if (known.length) return known;
-    const last = this.lastReprobe.get(region) ?? 0;
-    if (Date.now() - last < REPROBE_INTERVAL_MS) return known;
-    this.lastReprobe.set(region, Date.now());
-    const found = await probeOaepHashes(this.d.regions.require(region));
-    if (found.length) {
-      this.d.log.warn('OAEP hashes found on a second probe', { region, hashes: found });
-      this.d.regions.oaepHashes.set(region, found);
-    }
-    return found;
+  private hashes(region: string): Promise<HashName[]> {
+    return this.d.regions.oaepHashes(region);
   }
-  private readonly lastReprobe = new Map<string, number>();
 
   async wrappingKey(region: string) {
     const k = await this.wrappingKeys.get(region);

@@ -285,7 +285,7 @@ export class CryptoService {
 
   async decryptAsymmetric(key: KeyRecord, ciphertext: Buffer, keyVersion: number | undefined, hashFunction: string | undefined) {
     const token = this.usable(key, ['rsa'], 'decrypt-asymmetric');
-    const supported = this.regions.oaepHashes.get(key.region) ?? [];
+    const supported = await this.regions.oaepHashes(key.region);
     const hash = (hashFunction ?? supported[0]) as HashName | undefined;
     if (!hash || !supported.includes(hash))
       throw unsupported(`hashFunction: this region's token does RSA-OAEP with ${supported.join(', ') || 'no hash'} only`);

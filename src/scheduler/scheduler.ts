@@ -1,6 +1,5 @@
-import { MongoBackend } from '@agendajs/mongo-backend';
-import { Agenda } from 'agenda';
-import { MongoClient } from 'mongodb';
+import type { Agenda } from 'agenda';
+import type { MongoClient } from 'mongodb';
 import type { Logger } from 'winston';
 
 export interface SchedulerJobs {
@@ -42,6 +41,8 @@ export class Scheduler {
   private async connect(): Promise<void> {
     if (this.stopped) return;
     try {
+      // Loaded here, not at module load: ~0.8 s of imports overlap the token scan at start-up.
+      const { MongoClient } = await import('mongodb');
       const client = new MongoClient(this.uri, { serverSelectionTimeoutMS: 2000, connectTimeoutMS: 2000, heartbeatFrequencyMS: 2000 });
       await client.connect();
       await client.db().command({ ping: 1 });
@@ -62,6 +63,7 @@ export class Scheduler {
   }
 
   private async startAgenda(client: MongoClient): Promise<void> {
+    const [{ Agenda }, { MongoBackend }] = await Promise.all([import('agenda'), import('@agendajs/mongo-backend')]);
     const agenda = new Agenda({
       backend: new MongoBackend({ mongo: client.db(), collection: 'kmsdJobs' }),
       // milliseconds as a number: a string like '200 milliseconds' is read as 200 s.

@@ -14,7 +14,8 @@ export class RegionRegistry {
   private timer?: NodeJS.Timeout;
   private readonly refreshing = new Map<string, Promise<void>>();
   private readonly lastRefresh = new Map<string, number>();
-  readonly oaepHashes = new Map<string, HashName[]>();
+  private readonly probes = new Map<string, Promise<HashName[]>>();
+  private readonly lastProbe = new Map<string, number>();
 
   constructor(
     readonly tokens: Map<string, RegionToken>,
@@ -38,20 +39,43 @@ export class RegionRegistry {
       return false;
     }
     this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
-    // Trial unwraps can fail transiently (e.g. another daemon starting on the same token at the
-    // same moment, seen in tests): an empty answer is retried before it is believed.
-    let hashes: string[] = [];
-    for (let attempt = 0; attempt < 3 && !hashes.length; attempt++) {
+    // Off the start-up path: an RSA key pair generation and a few trial unwraps.
+    this.probes.set(name, this.probe(name));
+    await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
+    return true;
+  }
+
+  /**
+   * Trial unwraps can fail transiently (seen with two daemons starting on one token at the same
+   * moment), so an empty answer is retried before it is believed.
+   */
+  private async probe(name: string): Promise<HashName[]> {
+    this.lastProbe.set(name, Date.now());
+    for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        hashes = await probeOaepHashes(t);
+        const t = this.require(name);
+        const hashes = await probeOaepHashes(t);
+        if (hashes.length) return hashes;
       } catch (e) {
         this.log.warn('OAEP probe failed', { region: name, attempt, reason: (e as Error).message });
       }
-      if (!hashes.length) await new Promise((r) => setTimeout(r, 200));
+      await new Promise((r) => setTimeout(r, 200));
     }
-    this.oaepHashes.set(name, hashes as HashName[]);
-    await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
-    return true;
+    return [];
+  }
+
+  /**
+   * The RSA-OAEP hashes the region's token can unwrap with, strongest first. An empty result is
+   * probed again, at most once a minute, before anything is refused for it.
+   */
+  async oaepHashes(region: string): Promise<HashName[]> {
+    this.require(region);
+    let p = this.probes.get(region);
+    if (!p || (!(await p).length && Date.now() - (this.lastProbe.get(region) ?? 0) > 60_000)) {
+      p = this.probe(region);
+      this.probes.set(region, p);
+    }
+    return p;
   }
 
   /**

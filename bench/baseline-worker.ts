@@ -1,0 +1,219 @@
+/**
+ * Baseline child process: raw pkcs11js loops on a SoftHSM2 token (no kmsd code), and the
+ * node:crypto software ceiling. One job per message, one thread, synchronous calls — the
+ * HSM's own ceiling per core. Started by bench/run.ts with child_process.fork.
+ *
+ * message in:  BaselineJob        message out: { ok: true, result: BaselineResult } | { ok: false, error }
+ */
+import { createCipheriv, randomBytes } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+
+const CKM_EDDSA = 0x1057;
+const CKK_EC_EDWARDS = 0x40;
+const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
+const ED25519_PARAMS = Buffer.from('06032b6570', 'hex');
+
+export type BaselineKind = 'raw-pkcs11-aes' | 'raw-pkcs11-keygen' | 'raw-pkcs11-ed25519' | 'node-crypto-aes';
+
+export interface BaselineJob {
+  kind: BaselineKind;
+  durationMs: number;
+  /** token to use (SOFTHSM2_CONF comes from the environment) */
+  module?: string;
+  label?: string;
+  pin?: string;
+  /** keygen: stop after this many keys even if time is left (every key is a file) */
+  maxOps?: number;
+}
+
+export interface BaselineResult {
+  kind: BaselineKind;
+  ops: number;
+  seconds: number;
+  perSecond: number;
+}
+
+const P = pkcs11js;
+const SESSION_FLAGS = P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION;
+
+function openToken(job: BaselineJob): { p11: pkcs11js.PKCS11; session: pkcs11js.Handle; close(): void } {
+  const p11 = new P.PKCS11();
+  p11.load(job.module!);
+  let ownInit = true;
+  try {
+    p11.C_Initialize({ flags: P.CKF_OS_LOCKING_OK });
+  } catch (e) {
+    if (!(e instanceof P.Pkcs11Error && e.code === 0x191)) throw e; // already initialised in this process
+    ownInit = false;
+  }
+  const slot = p11.C_GetSlotList(true).find((s) => p11.C_GetTokenInfo(s).label.trim() === job.label);
+  if (!slot) throw new Error(`no token labelled ${job.label}`);
+  const session = p11.C_OpenSession(slot, SESSION_FLAGS);
+  try {
+    p11.C_Login(session, P.CKU_USER, job.pin!);
+  } catch (e) {
+    if (!(e instanceof P.Pkcs11Error && e.code === 0x100)) throw e;
+  }
+  return {
+    p11,
+    session,
+    close() {
+      try {
+        p11.C_CloseSession(session);
+      } finally {
+        if (ownInit) p11.C_Finalize();
+      }
+    },
+  };
+}
+
+const benchId = (what: string) => Buffer.from(`bench/${what}/${process.pid}.${randomBytes(4).toString('hex')}`);
+
+function aesTemplate(token: boolean, what: string): pkcs11js.Template {
+  return [
+    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
+    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
+    { type: P.CKA_TOKEN, value: token },
+    { type: P.CKA_PRIVATE, value: true },
+    { type: P.CKA_SENSITIVE, value: true },
+    { type: P.CKA_EXTRACTABLE, value: false },
+    { type: P.CKA_ID, value: benchId(what) },
+    { type: P.CKA_LABEL, value: `bench-${what}` },
+    { type: P.CKA_VALUE_LEN, value: 32 },
+    { type: P.CKA_ENCRYPT, value: true },
+    { type: P.CKA_DECRYPT, value: true },
+  ];
+}
+
+/** Runs `op` until durationMs passed (checking the clock every `every` ops) or maxOps reached. */
+function timed(durationMs: number, every: number, op: () => void, maxOps = Infinity): { ops: number; seconds: number } {
+  const t0 = performance.now();
+  const end = t0 + durationMs;
+  let ops = 0;
+  for (;;) {
+    for (let i = 0; i < every && ops < maxOps; i++, ops++) op();
+    const now = performance.now();
+    if (now >= end || ops >= maxOps) return { ops, seconds: (now - t0) / 1000 };
+  }
+}
+
+function rawAes(job: BaselineJob): { ops: number; seconds: number } {
+  const t = openToken(job);
+  try {
+    const key = t.p11.C_GenerateKey(t.session, { mechanism: P.CKM_AES_KEY_GEN }, aesTemplate(true, 'aes'));
+    try {
+      const plaintext = randomBytes(32);
+      const out = Buffer.alloc(48);
+      let n = 0;
+      const iv = Buffer.alloc(12);
+      const aad = Buffer.alloc(0);
+      const op = () => {
+        iv.writeUInt32BE(n++, 8);
+        t.p11.C_EncryptInit(
+          t.session,
+          { mechanism: P.CKM_AES_GCM, parameter: { type: P.CK_PARAMS_AES_GCM, iv, aad, ivBits: 96, tagBits: 128 } as pkcs11js.AesGCM },
+          key,
+        );
+        t.p11.C_Encrypt(t.session, plaintext, out);
+      };
+      timed(Math.min(500, job.durationMs / 4), 100, op); // warm-up
+      return timed(job.durationMs, 100, op);
+    } finally {
+      t.p11.C_DestroyObject(t.session, key);
+    }
+  } finally {
+    t.close();
+  }
+}
+
+function rawKeygen(job: BaselineJob): { ops: number; seconds: number } {
+  const t = openToken(job);
+  const made: pkcs11js.Handle[] = [];
+  try {
+    return timed(job.durationMs, 1, () => made.push(t.p11.C_GenerateKey(t.session, { mechanism: P.CKM_AES_KEY_GEN }, aesTemplate(true, 'keygen'))), job.maxOps);
+  } finally {
+    for (const h of made) t.p11.C_DestroyObject(t.session, h);
+    t.close();
+  }
+}
+
+function rawEd25519(job: BaselineJob): { ops: number; seconds: number } {
+  const t = openToken(job);
+  const id = benchId('ed25519');
+  const pair = t.p11.C_GenerateKeyPair(
+    t.session,
+    { mechanism: CKM_EC_EDWARDS_KEY_PAIR_GEN },
+    [
+      { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
+      { type: P.CKA_KEY_TYPE, value: CKK_EC_EDWARDS },
+      { type: P.CKA_TOKEN, value: true },
+      { type: P.CKA_EC_PARAMS, value: ED25519_PARAMS },
+      { type: P.CKA_VERIFY, value: true },
+      { type: P.CKA_ID, value: id },
+    ],
+    [
+      { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
+      { type: P.CKA_KEY_TYPE, value: CKK_EC_EDWARDS },
+      { type: P.CKA_TOKEN, value: true },
+      { type: P.CKA_PRIVATE, value: true },
+      { type: P.CKA_SENSITIVE, value: true },
+      { type: P.CKA_EXTRACTABLE, value: false },
+      { type: P.CKA_SIGN, value: true },
+      { type: P.CKA_ID, value: id },
+    ],
+  );
+  try {
+    const data = randomBytes(32);
+    const out = Buffer.alloc(64);
+    const op = () => {
+      t.p11.C_SignInit(t.session, { mechanism: CKM_EDDSA }, pair.privateKey);
+      t.p11.C_Sign(t.session, data, out);
+    };
+    timed(Math.min(500, job.durationMs / 4), 20, op);
+    return timed(job.durationMs, 20, op);
+  } finally {
+    t.p11.C_DestroyObject(t.session, pair.privateKey);
+    t.p11.C_DestroyObject(t.session, pair.publicKey);
+    t.close();
+  }
+}
+
+function nodeAes(job: BaselineJob): { ops: number; seconds: number } {
+  const key = randomBytes(32);
+  const plaintext = randomBytes(32);
+  const iv = Buffer.alloc(12);
+  let n = 0;
+  let sink = 0;
+  const op = () => {
+    iv.writeUInt32BE(n++, 8);
+    const c = createCipheriv('aes-256-gcm', key, iv);
+    const ct = Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);
+    sink += ct.length;
+  };
+  timed(Math.min(500, job.durationMs / 4), 100, op);
+  const r = timed(job.durationMs, 100, op);
+  if (sink < 0) console.log(sink);
+  return r;
+}
+
+export function runBaseline(job: BaselineJob): BaselineResult {
+  const r =
+    job.kind === 'raw-pkcs11-aes'
+      ? rawAes(job)
+      : job.kind === 'raw-pkcs11-keygen'
+        ? rawKeygen(job)
+        : job.kind === 'raw-pkcs11-ed25519'
+          ? rawEd25519(job)
+          : nodeAes(job);
+  return { kind: job.kind, ops: r.ops, seconds: r.seconds, perSecond: r.ops / r.seconds };
+}
+
+if (process.send) {
+  process.on('message', (job: BaselineJob) => {
+    try {
+      process.send!({ ok: true, result: runBaseline(job) });
+    } catch (e) {
+      process.send!({ ok: false, error: (e as Error).stack ?? String(e) });
+    }
+  });
+}
