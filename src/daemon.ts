@@ -8,6 +8,7 @@ import type { Logger } from 'winston';
 import { createApp } from './api/app.js';
 import type { Services } from './api/services.js';
 import { AuditLog } from './audit/audit-log.js';
+import { ThreadedAuditSink } from './audit/writer-thread.js';
 import { CLOCK_CHANGED, PRINCIPALS_CHANGED, PrincipalDirectory } from './auth/principals.js';
 import { ByokService } from './byok/byok-service.js';
 import { Clock } from './clock.js';
@@ -65,7 +66,15 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const repo = new KeysRepository(db);
   const cache = new KeyCache(repo);
   const principals = new PrincipalDirectory(config.principals, db);
-  const audit = new AuditLog(db, clock, (n) => metrics.auditBatch.observe(n));
+  const audit = new AuditLog(
+    db,
+    clock,
+    (n, seconds) => {
+      metrics.auditBatch.observe(n);
+      metrics.auditCommit.observe(seconds);
+    },
+    await ThreadedAuditSink.start(config.dataDir),
+  );
 
   const feed = new ChangeFeed(path.join(config.dataDir, 'kmsd.generation'), repo, async (ids) => {
     if (ids.delete(PRINCIPALS_CHANGED)) await principals.reload();
@@ -195,6 +204,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
         xks?.close(),
       ]);
       await scheduler.stop();
+      await audit.close();
       await db.close();
       regions.stop();
       log.info('kmsd stopped');

@@ -42,6 +42,12 @@ export class Metrics {
     buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000],
     registers: [this.registry],
   });
+  readonly auditCommit = new client.Histogram({
+    name: 'kmsd_audit_commit_seconds',
+    help: 'Time to durably commit one group of audit records',
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
   readonly xksRequests = new client.Counter({
     name: 'kmsd_xks_requests_total',
     help: 'XKS proxy requests by operation and outcome',

@@ -49,79 +49,51 @@ function recordHash(e: StoredAuditEvent, prevHash: string): string {
 }
 
 interface Pending {
-  event: AuditEvent;
   resolve: () => void;
   reject: (e: unknown) => void;
 }
 
+/** Where committed batches go: the writer thread in the daemon, or in-process (CLI, tests). */
+export interface AuditSink {
+  /** true when the sink queues and coalesces batches itself, so callers need not wait in line. */
+  readonly pipelined: boolean;
+  append(events: StoredAuditEventDraft[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** An event stamped with the daemon clock at the moment it was recorded; seq and hashes come at commit. */
+export type StoredAuditEventDraft = AuditEvent & { time: string };
+
 /**
- * Tamper-evident audit trail with group commit: records arriving while a commit is in flight
- * are written together in the next transaction, and each caller's promise settles only once
- * its record is durably committed. One hash chain for the whole data dir: the previous hash
- * is read inside the write transaction, so several processes extend the same chain.
+ * Appends batches to the one hash chain of the data dir with ONE guarded INSERT each: it only
+ * writes if the chain's head is still the one the batch was hashed against (atomic in SQLite: a
+ * stale snapshot cannot take the write lock). If another process appended meanwhile, nothing is
+ * written and the batch is re-chained on the new head.
  */
-export class AuditLog {
-  private queue: Pending[] = [];
-  private flushing = false;
-  committed = 0;
-
-  constructor(
-    private readonly db: Database,
-    private readonly clock: Clock,
-    private readonly onBatch: (n: number) => void = () => {},
-  ) {}
-
-  record(event: AuditEvent): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ event, resolve, reject });
-      if (!this.flushing) {
-        this.flushing = true;
-        setImmediate(() => void this.flush());
-      }
-    });
-  }
-
-  private async flush(): Promise<void> {
-    while (this.queue.length) {
-      const batch = this.queue.splice(0, MAX_BATCH);
-      try {
-        await this.append(batch.map((p) => p.event));
-        this.committed += batch.length;
-        this.onBatch(batch.length);
-        for (const p of batch) p.resolve();
-      } catch (e) {
-        for (const p of batch) p.reject(e);
-      }
-    }
-    this.flushing = false;
-  }
-
-  /** Last committed link of the chain as this process last saw it (another process may have moved on). */
+export class AuditChainWriter implements AuditSink {
+  readonly pipelined = false;
+  /** Last committed link of the chain as this writer last saw it (another process may have moved on). */
   private head?: { seq: number; hash: string };
+
+  constructor(private readonly db: Database) {}
 
   private async readHead(): Promise<{ seq: number; hash: string }> {
     const last = await this.db.get<{ seq: number; hash: string }>('SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1');
     return last ?? { seq: 0, hash: GENESIS };
   }
 
-  /**
-   * Appends a batch with ONE guarded INSERT: it only writes if the chain's head is still the one
-   * the batch was hashed against (atomic in SQLite: a stale snapshot cannot take the write lock).
-   * If another process appended meanwhile, nothing is written and the batch is re-chained.
-   */
-  private async append(events: AuditEvent[]): Promise<void> {
+  async append(events: StoredAuditEventDraft[]): Promise<void> {
     for (let attempt = 0; attempt < 50; attempt++) {
       const head = this.head ?? (await this.readHead());
       let seq = head.seq;
       let prev = head.hash;
-      const time = this.clock.nowIso();
       const params: unknown[] = [];
       for (const e of events) {
-        const stored: StoredAuditEvent = { ...e, seq: ++seq, time };
+        const stored: StoredAuditEvent = { ...e, seq: ++seq };
         const hash = recordHash(stored, prev);
         params.push(
           stored.seq,
-          time,
+          e.time,
           e.action,
           e.outcome,
           e.region ?? null,
@@ -150,6 +122,60 @@ export class AuditLog {
       this.head = undefined;
     }
     throw new Error('audit: could not extend the hash chain (contention)');
+  }
+
+  async close(): Promise<void> {}
+}
+
+/**
+ * Tamper-evident audit trail with group commit: records arriving while a commit is in flight
+ * are written together in the next one, and each caller's promise settles only once its record
+ * is durably committed. In the daemon the commits run in a writer thread (audit/writer-thread.ts)
+ * so that a commit never waits for the HTTP work queued on the main event loop.
+ */
+export class AuditLog {
+  private queue: { event: StoredAuditEventDraft; pending: Pending }[] = [];
+  private flushing = false;
+  committed = 0;
+
+  constructor(
+    private readonly db: Database,
+    private readonly clock: Clock,
+    private readonly onBatch: (n: number, seconds: number) => void = () => {},
+    private readonly sink: AuditSink = new AuditChainWriter(db),
+  ) {}
+
+  record(event: AuditEvent): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ event: { ...event, time: this.clock.nowIso() }, pending: { resolve, reject } });
+      if (!this.flushing) {
+        this.flushing = true;
+        setImmediate(() => void this.flush());
+      }
+    });
+  }
+
+  private async flush(): Promise<void> {
+    while (this.queue.length) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      const started = performance.now();
+      const done = this.sink.append(batch.map((b) => b.event)).then(
+        () => {
+          this.committed += batch.length;
+          this.onBatch(batch.length, (performance.now() - started) / 1000);
+          for (const b of batch) b.pending.resolve();
+        },
+        (e) => {
+          for (const b of batch) b.pending.reject(e);
+        },
+      );
+      if (!this.sink.pipelined) await done;
+    }
+    this.flushing = false;
+  }
+
+  close(): Promise<void> {
+    return this.sink.close();
   }
 
   /** Recomputes the whole chain; an edited, inserted or deleted row makes it invalid. */

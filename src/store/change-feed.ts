@@ -1,17 +1,19 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import type { KeysRepository } from './keys-repo.js';
 
 /**
  * Keeps several processes on one data dir coherent without an SQLite read per request.
  * Writers log every change in `key_changes` inside their transaction and, after commit,
- * rewrite a tiny generation file. Readers compare that file's content (one small read,
- * a few µs) before trusting their in-memory view, and replay `key_changes` when it moved.
+ * append one byte to a generation file (O_APPEND: concurrent writers never lose a bump). Readers
+ * compare the file's inode and size (one stat(2), ~1 µs) before trusting their in-memory view,
+ * and replay `key_changes` when it moved. The file is replaced (new inode) when it grows large.
  */
+const ROTATE_AT_BYTES = 1 << 20;
+
 export class ChangeFeed {
   private lastSeen = '';
   private lastSeq = 0;
   private pulling?: Promise<void>;
-  private counter = 0;
 
   constructor(
     private readonly genFile: string,
@@ -25,11 +27,8 @@ export class ChangeFeed {
   }
 
   private read(): string {
-    try {
-      return readFileSync(this.genFile, 'latin1');
-    } catch {
-      return '';
-    }
+    const st = statSync(this.genFile, { throwIfNoEntry: false });
+    return st ? `${st.ino}:${st.size}` : '';
   }
 
   /** Undefined when nothing changed since the last look; else a promise that settles once applied. */
@@ -43,7 +42,12 @@ export class ChangeFeed {
   /** Replays everything committed since the last replay (own writes included), then tells the others. */
   async publish(): Promise<void> {
     await this.pull();
-    writeFileSync(this.genFile, `${process.pid}:${++this.counter}:${this.lastSeq}`);
+    appendFileSync(this.genFile, '.');
+    if ((statSync(this.genFile, { throwIfNoEntry: false })?.size ?? 0) > ROTATE_AT_BYTES) {
+      const tmp = `${this.genFile}.${process.pid}`;
+      writeFileSync(tmp, '.');
+      renameSync(tmp, this.genFile);
+    }
   }
 
   private pull(): Promise<void> {

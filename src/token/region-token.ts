@@ -405,6 +405,26 @@ export class RegionToken {
     }
   }
 
+  /** The same AES-GCM operations on a pool session through the thread pool (batches use both cores). */
+  aesGcmEncryptAsync(ckaId: Buffer, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer> {
+    return this.withSessionAndHandle(ckaId, 'secret', 'encrypt', (p11, s, h) => {
+      p11.C_EncryptInit(s, gcm(iv, aad), h);
+      return p11.C_EncryptAsync(s, input(plaintext), Buffer.allocUnsafe(plaintext.length + 16));
+    });
+  }
+
+  async aesGcmDecryptAsync(ckaId: Buffer, iv: Buffer, aad: Buffer, ctAndTag: Buffer): Promise<Buffer | undefined> {
+    try {
+      return await this.withSessionAndHandle(ckaId, 'secret', 'decrypt', (p11, s, h) => {
+        p11.C_DecryptInit(s, gcm(iv, aad), h);
+        return p11.C_DecryptAsync(s, input(ctAndTag), Buffer.allocUnsafe(ctAndTag.length));
+      });
+    } catch (e) {
+      if (e instanceof TokenError && (e.kind === 'badCiphertext' || e.ckr === 0x5)) return undefined;
+      throw e;
+    }
+  }
+
   hmac(ckaId: Buffer, mechanism: number, data: Buffer): Buffer {
     const started = performance.now();
     const out = this.withHandle(ckaId, 'secret', 'hmac', (h) => {

@@ -27,7 +27,7 @@ export function cryptoRoutes(s: Services): Router {
   const op = (name: string, path: string, body: Parameters<typeof kmsRoute>[3], method: 'post' | 'get' = 'post') =>
     r[method](`/v1/kms/:region/keys/:id/${path}`, kmsRoute(s, `kms.${name}`, REGIONAL, body));
 
-  op('encrypt', 'encrypt', (req, ctx) => {
+  op('encrypt', 'encrypt', async (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
     const body = parse(schemas.encrypt, req.body);
     checkBatch(s, body.batch, body.plaintext, 'plaintext');
@@ -35,21 +35,21 @@ export function cryptoRoutes(s: Services): Router {
       if (body.keyVersion !== undefined || body.aad !== undefined) throw validation('batch: put aad inside each item; keyVersion is not allowed with batch');
       const items = body.batch.map((i) => ({ plaintext: b(i.plaintext), aad: b(i.aad) }));
       ctx.auditDetail = { batch: items.length };
-      return { body: { batch: s.crypto.encryptBatch(key, items) } };
+      return { body: { batch: await s.crypto.encryptBatch(key, items) } };
     }
     const out = s.crypto.encrypt(key, b(body.plaintext), b(body.aad), body.keyVersion);
     versionOf(ctx, out.keyVersion);
     return { body: out };
   });
 
-  op('decrypt', 'decrypt', (req, ctx) => {
+  op('decrypt', 'decrypt', async (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
     const body = parse(schemas.decrypt, req.body);
     checkBatch(s, body.batch, body.ciphertext, 'ciphertext');
     if (body.batch) {
       if (body.aad !== undefined) throw validation('batch: put aad inside each item');
       ctx.auditDetail = { batch: body.batch.length };
-      return { body: { batch: s.crypto.decryptBatch(key, body.batch.map((i) => ({ ciphertext: i.ciphertext, aad: b(i.aad) }))) } };
+      return { body: { batch: await s.crypto.decryptBatch(key, body.batch.map((i) => ({ ciphertext: i.ciphertext, aad: b(i.aad) }))) } };
     }
     const out = s.crypto.decrypt(key, body.ciphertext!, b(body.aad));
     versionOf(ctx, out.keyVersion);
