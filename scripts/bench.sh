@@ -5,10 +5,7 @@
 # Options: --quick (smoke run of seconds), --profile (CPU profile of the encrypt load),
 # --fresh-seed (rebuild the cached 10,000-key cold-start data set), --only=phase,…, --seconds=N.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ensure_softhsm
-ensure_node
-if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
-ensure_ferretdb
+ensure_test_stack
 cd "$ROOT"
 mkdir -p bench/results tmp/bench
 exec node dist/bench/run.js "$@"

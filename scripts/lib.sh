@@ -50,3 +50,12 @@ init_token() {
   fi
   echo "$conf"
 }
+
+# Everything the tests and the bench start for real: SoftHSM2, the compiled daemon, and a
+# MongoDB-compatible server (mongod when on PATH, else the FerretDB build).
+ensure_test_stack() {
+  ensure_softhsm
+  ensure_node
+  if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
+  ensure_ferretdb
+}

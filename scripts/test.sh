@@ -3,10 +3,7 @@
 # builds kmsd and FerretDB (unless mongod is on PATH), then mocha. Each suite makes its own
 # throwaway tokens and data dirs under tmp/test; one MongoDB-compatible server serves the run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ensure_softhsm
-ensure_node
-if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
-ensure_ferretdb
+ensure_test_stack
 cd "$ROOT"
 rm -f tmp/test-results.json
 mkdir -p tmp/test

@@ -26,25 +26,27 @@ const GENESIS = '0'.repeat(64);
 /** 13 columns × 1000 rows = 13,000 bound parameters, below SQLite's 32,766. */
 const MAX_BATCH = 1000;
 
+/** The stored columns of a record, in table order, up to (not including) prev_hash and hash. */
+function contentColumns(e: StoredAuditEvent): unknown[] {
+  return [
+    e.seq,
+    e.time,
+    e.action,
+    e.outcome,
+    e.region ?? null,
+    e.keyIdentity ?? null,
+    e.keyVersion ?? null,
+    e.principal ?? null,
+    e.organisation ?? null,
+    e.requestId ?? null,
+    e.detail ? JSON.stringify(e.detail) : null,
+  ];
+}
+
 /** The hashed content of one record: every column but the hash itself, in a fixed order. */
 function recordHash(e: StoredAuditEvent, prevHash: string): string {
   return createHash('sha256')
-    .update(
-      JSON.stringify([
-        e.seq,
-        e.time,
-        e.action,
-        e.outcome,
-        e.region ?? null,
-        e.keyIdentity ?? null,
-        e.keyVersion ?? null,
-        e.principal ?? null,
-        e.organisation ?? null,
-        e.requestId ?? null,
-        e.detail ? JSON.stringify(e.detail) : null,
-        prevHash,
-      ]),
-    )
+    .update(JSON.stringify([...contentColumns(e), prevHash]))
     .digest('hex');
 }
 
@@ -91,21 +93,7 @@ export class AuditChainWriter implements AuditSink {
       for (const e of events) {
         const stored: StoredAuditEvent = { ...e, seq: ++seq };
         const hash = recordHash(stored, prev);
-        params.push(
-          stored.seq,
-          e.time,
-          e.action,
-          e.outcome,
-          e.region ?? null,
-          e.keyIdentity ?? null,
-          e.keyVersion ?? null,
-          e.principal ?? null,
-          e.organisation ?? null,
-          e.requestId ?? null,
-          e.detail ? JSON.stringify(e.detail) : null,
-          prev,
-          hash,
-        );
+        params.push(...contentColumns(stored), prev, hash);
         prev = hash;
       }
       const values = events.map(() => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ');

@@ -233,15 +233,28 @@ export class RegionToken {
 
   private find(ckaId: Buffer, cls: ObjectClass): pkcs11js.Handle | undefined {
     const p11 = this.p11;
-    const s = this.syncSession!;
+    const template = [
+      { type: CKA_CLASS, value: CLASS_VALUE[cls] },
+      { type: CKA_ID, value: ckaId },
+    ];
     try {
-      p11.C_FindObjectsInit(s, [
-        { type: CKA_CLASS, value: CLASS_VALUE[cls] },
-        { type: CKA_ID, value: ckaId },
-      ]);
-      const [h] = p11.C_FindObjects(s, 1);
-      p11.C_FindObjectsFinal(s);
-      return h;
+      try {
+        p11.C_FindObjectsInit(this.syncSession!, template);
+      } catch (e) {
+        // A find left open by an earlier failure must not wedge every later lookup.
+        this.syncSession = this.renewSession(this.syncSession!, e);
+        p11.C_FindObjectsInit(this.syncSession, template);
+      }
+      const s = this.syncSession!;
+      try {
+        return p11.C_FindObjects(s, 1)[0];
+      } finally {
+        try {
+          p11.C_FindObjectsFinal(s);
+        } catch {
+          /* nothing to finish */
+        }
+      }
     } catch (e) {
       return this.fail(e, 'C_FindObjects');
     }

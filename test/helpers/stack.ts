@@ -193,6 +193,11 @@ export class Daemon {
     if (payload !== undefined) headers['content-type'] ??= 'application/json';
     const res = await fetch(this.url + p, { method, headers, body: payload });
     const text = await res.text();
+    if (res.status === 500) {
+      // a 500 is always a bug: show what the daemon logged about it
+      const lines = this.logs.split('\n').filter((l) => l.includes('"error"'));
+      process.stderr.write(`[kmsd 500 on ${method} ${p}] ${lines.slice(-3).join('\n')}\n`);
+    }
     let parsed: unknown = text;
     if ((res.headers.get('content-type') ?? '').includes('json')) parsed = text ? JSON.parse(text) : undefined;
     return { status: res.status, body: parsed as T, headers: res.headers };

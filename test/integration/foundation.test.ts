@@ -190,7 +190,11 @@ describe('foundation: an unavailable token makes its region 503 and is retried',
     const r = await d.get('/keys');
     expect(r.status).to.equal(503);
     expect(r.body.code).to.equal('RegionUnavailable');
-    const ready = await d.call('GET', '/readyz', undefined, { token: null, org: null });
+    // MongoDB may still be connecting right after start; the region stays down whatever happens
+    const ready = await waitFor('readiness naming only the region', async () => {
+      const x = await d.call('GET', '/readyz', undefined, { token: null, org: null });
+      return x.body.down.length === 1 ? x : undefined;
+    });
     expect(ready.status).to.equal(503);
     expect(ready.body.down).to.deep.equal(['region:nl-01']);
     stack.initToken('kmsd-nl-01');
