@@ -42,9 +42,8 @@ init_token() {
   local dir="$1" label="$2" pin="$3"
   mkdir -p "$dir/tokens"
   local conf="$dir/softhsm2.conf"
-  if [ ! -f "$conf" ]; then
-    sed "s#@TOKENDIR@#$dir/tokens#" "$ROOT/hsm/softhsm2.conf.template" > "$conf"
-  fi
+  # always rewritten: it holds an absolute path, and the checkout may have moved
+  sed "s#@TOKENDIR@#$dir/tokens#" "$ROOT/hsm/softhsm2.conf.template" > "$conf"
   if ! SOFTHSM2_CONF="$conf" softhsm2-util --show-slots 2>/dev/null | grep -q "Label:\s*$label\s*$"; then
     SOFTHSM2_CONF="$conf" softhsm2-util --init-token --free --label "$label" --so-pin "so-$pin" --pin "$pin" >/dev/null
   fi
