@@ -85,6 +85,18 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
     let principal: string | null = null;
     let xks: Record<string, string> | undefined;
     let outcome = 'success';
+    const auditAs = (store: Keystore, result: AuditOutcome, detail: Record<string, unknown> | null) =>
+      s.audit.record({
+        action: `kms.xks.${operation}`,
+        outcome: result,
+        region: store.region,
+        keyIdentity: note.keyIdentity ?? null,
+        keyVersion: note.keyVersion ?? null,
+        principal,
+        organisation: store.organisation,
+        requestId,
+        detail,
+      });
     try {
       if (!route) throw new XksError('InvalidUriPathException', `no XKS operation at ${path.slice(0, 200)}`);
       // Checked before the keystore so a GET reveals nothing about which prefixes exist.
@@ -103,17 +115,7 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       const body = parseJson(raw);
       xks = auditedMetadata(body);
       const reply = await run(route, ks, body, note);
-      await s.audit.record({
-        action: `kms.xks.${operation}`,
-        outcome: 'success',
-        region: ks.region,
-        keyIdentity: note.keyIdentity ?? null,
-        keyVersion: note.keyVersion ?? null,
-        principal,
-        organisation: ks.organisation,
-        requestId,
-        detail: xks ? { xks } : null,
-      });
+      await auditAs(ks, 'success', xks ? { xks } : null);
       send(res, 200, reply, requestId);
     } catch (e) {
       const err = toXksError(e);
@@ -125,16 +127,10 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       try {
         // Requests to no configured keystore have no organisation to file them under.
         if (ks)
-          await s.audit.record({
-            action: `kms.xks.${operation}`,
-            outcome: (err.status === 401 || err.status === 403 || err.status === 404 ? 'denied' : 'failure') satisfies AuditOutcome,
-            region: ks.region,
-            keyIdentity: note.keyIdentity ?? null,
-            keyVersion: note.keyVersion ?? null,
-            principal,
-            organisation: ks.organisation,
-            requestId,
-            detail: { errorName: err.errorName, status: err.status, ...(xks ? { xks } : {}) },
+          await auditAs(ks, [401, 403, 404].includes(err.status) ? 'denied' : 'failure', {
+            errorName: err.errorName,
+            status: err.status,
+            ...(xks ? { xks } : {}),
           });
       } catch (auditErr) {
         s.log.error('xks audit record failed', { requestId, error: String(auditErr) });
