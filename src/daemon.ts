@@ -85,6 +85,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(db, clock)]);
   if (config.testing.clockControl) log.warn('testing.clockControl is ON: the daemon clock can be moved over HTTP. Never use this in production.');
 
+  const installation = await installationId(db);
   const tokens = new Map<string, RegionToken>();
   for (const r of config.regions) {
     const pin = readSecret(r.pinEnv, r.pinFile, `regions[${r.name}] PIN`);
@@ -104,7 +105,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const reconcile = async (region: string) => {
     const t = tokens.get(region)!;
     if (!t.available) return;
-    const r = await reconcileRegion(t, repo, log, startedAtMs);
+    const r = await reconcileRegion(t, repo, log, startedAtMs, installation);
     if (r.destroyed) metrics.orphans.inc({ region, action: 'destroyed' }, r.destroyed);
     if (r.inFlight) metrics.orphans.inc({ region, action: 'in_flight' }, r.inFlight);
   };
@@ -113,7 +114,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     await keys.ensureDefaultKeys(enabledOrgs, region);
   });
 
-  keys = new KeyService(db, repo, cache, feed, regions, clock, audit, log);
+  keys = new KeyService(db, repo, cache, feed, regions, clock, audit, log, installation);
   const rotation = new RotationService(db, repo, keys, feed, regions, clock, audit, log, config.rotation.maxManualRotations, (trigger, n) =>
     metrics.rotations.inc({ trigger }, n),
   );
@@ -122,7 +123,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
 
   const scheduler = new Scheduler(
     config.mongodbUri,
-    await installationId(db),
+    installation,
     config.rotation.evaluationIntervalSeconds * 1000,
     {
       evaluate: async () => {

@@ -38,12 +38,13 @@ const DEFAULT_KEY_ROTATION_DAYS = 365;
 export const KEY_OBJECT_PREFIX = 'kmsd/k/';
 
 /**
- * CKA_ID of a key version object: `kmsd/k/<identity>/<created ms>.<pid>.<random>`.
+ * CKA_ID of a key version object: `kmsd/k/<identity>/<created ms>.<pid>.<random>@<installation>`.
  * The creation time and creator pid let reconciliation tell an orphan (creator dead or old)
- * from an object another live process is about to record.
+ * from an object another live process is about to record; the installation id (one per data
+ * dir) keeps two kmsd installations that share a token from ever touching each other's objects.
  */
-export function newObjectId(identity: string): string {
-  return `${KEY_OBJECT_PREFIX}${identity}/${Date.now()}.${process.pid}.${randomBytes(4).toString('hex')}`;
+export function objectIdFor(identity: string, installation: string): string {
+  return `${KEY_OBJECT_PREFIX}${identity}/${Date.now()}.${process.pid}.${randomBytes(4).toString('hex')}@${installation}`;
 }
 
 export function newIdentity(): string {
@@ -69,7 +70,13 @@ export class KeyService {
     private readonly clock: Clock,
     private readonly audit: AuditLog,
     private readonly log: Logger,
+    readonly installation: string,
   ) {}
+
+  /** A fresh CKA_ID for a new version object of this key (see objectIdFor). */
+  newObjectId(identity: string): string {
+    return objectIdFor(identity, this.installation);
+  }
 
   /** Brings the in-memory view up to date with writes by other processes (usually a no-op). */
   fresh(): Promise<void> | undefined {
@@ -126,7 +133,7 @@ export class KeyService {
       throw validation('rotationPeriodInDays: required when keyRotationEnabled is true');
 
     const identity = newIdentity();
-    const ckaId = newObjectId(identity);
+    const ckaId = this.newObjectId(identity);
     const extractable = Boolean(input.exportAllowed);
     if (opts.source) await opts.source(Buffer.from(ckaId));
     else await token.generate(info.token, { ckaId: Buffer.from(ckaId), label: `${slug}/v1`, extractable });

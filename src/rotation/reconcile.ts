@@ -21,7 +21,8 @@ function processAlive(pid: number): boolean {
 }
 
 /**
- * Finds token objects carrying a kmsd key CKA_ID (`kmsd/k/<key>/<ms>.<pid>.<rand>`) that no
+ * Finds token objects carrying this installation's key CKA_ID
+ * (`kmsd/k/<key>/<ms>.<pid>.<rand>@<installation>`) that no
  * version row in SQLite names. Rule (documented in the README): such an object was generated
  * but never recorded, so no ciphertext or signature was ever made with it; it is **destroyed**,
  * never adopted — once its creator process is gone (or after 10 minutes); while the creator
@@ -32,17 +33,20 @@ export async function reconcileRegion(
   repo: KeysRepository,
   log: Logger,
   startedAtMs: number,
+  installation: string,
 ): Promise<ReconcileResult> {
   const known = await repo.allCkaIds();
   const res: ReconcileResult = { destroyed: 0, inFlight: 0 };
   for (const id of token.listObjectIds(Buffer.from(KEY_OBJECT_PREFIX))) {
     const text = id.toString();
     if (known.has(text)) continue;
-    const m = /\/(\d+)\.(\d+)\.[0-9a-f]+$/.exec(text);
-    const createdMs = m ? Number(m[1]) : 0;
-    const pid = m ? Number(m[2]) : 0;
+    const m = /\/(\d+)\.(\d+)\.[0-9a-f]+@([0-9a-f]+)$/.exec(text);
+    // Another installation's object (or one this rule cannot read) is never ours to destroy.
+    if (!m || m[3] !== installation) continue;
+    const createdMs = Number(m[1]);
+    const pid = Number(m[2]);
     const ownEarlierLife = pid === process.pid && createdMs < startedAtMs;
-    const orphan = !m || ownEarlierLife || !processAlive(pid) || Date.now() - createdMs > IN_FLIGHT_GRACE_MS;
+    const orphan = ownEarlierLife || !processAlive(pid) || Date.now() - createdMs > IN_FLIGHT_GRACE_MS;
     if (!orphan) {
       res.inFlight++;
       continue;

@@ -3,7 +3,6 @@ import type { AuditLog } from '../audit/audit-log.js';
 import { addDays, type Clock } from '../clock.js';
 import { KmsError, keyState, validation } from '../errors.js';
 import type { KeyService } from '../keys/key-service.js';
-import { newObjectId } from '../keys/key-service.js';
 import { KEY_TYPES } from '../keys/key-types.js';
 import type { KeyRecord, KeyVersion } from '../keys/model.js';
 import type { ChangeFeed } from '../store/change-feed.js';
@@ -76,7 +75,7 @@ export class RotationService {
       const current = (await this.repo.load(key.identity)) ?? key;
       guard(current);
       const token = this.regions.require(key.region);
-      const ckaId = newObjectId(key.identity);
+      const ckaId = this.keys.newObjectId(key.identity);
       await source(Buffer.from(ckaId), `${key.slug}/v${current.latestVersion + 1}`);
       try {
         await this.db.transaction((tx) => this.recordVersion(tx, key.identity, ckaId, 'import', guard, 'imported'));
@@ -190,7 +189,7 @@ export class RotationService {
     const made = await Promise.all(
       keys.map(async (k) => {
         const token = this.regions.require(k.region);
-        const ckaId = newObjectId(k.identity);
+        const ckaId = this.keys.newObjectId(k.identity);
         await token.generate(KEY_TYPES[k.keyType].token, {
           ckaId: Buffer.from(ckaId),
           label: `${k.slug}/v${k.latestVersion + 1}`,

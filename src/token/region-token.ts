@@ -44,6 +44,10 @@ export class RegionToken {
   private readonly handles = new Map<string, pkcs11js.Handle>();
   private down: string | undefined = 'not connected yet';
   mechanisms = new Set<number>();
+  /** CKA_ID cache key → `connections` when it was first missed. */
+  private readonly missing = new Map<string, number>();
+  /** Successful connects (each object-index re-read is one). */
+  private connections = 0;
   /** Set by the registry: called when an object that should exist is not visible. */
   onMissingObject?: () => void;
   /** Objects the start-up scan could not read (reported by readiness details and logs). */
@@ -91,6 +95,7 @@ export class RegionToken {
       this.syncSession = sessions[0];
       this.pool = new TokenSessionPool(sessions.slice(1));
       this.scanObjects();
+      this.connections++;
       this.down = undefined;
     } catch (e) {
       this.closeSessions();
@@ -224,7 +229,16 @@ export class RegionToken {
       // process created at the same moment as one of its own writes (both bump the generation
       // counter; this process never sees the counter move, so it never re-reads the token
       // directory). Only re-initialising the library re-reads it: ask the registry to do so.
-      this.onMissingObject?.();
+      // Until one re-read has happened since the first miss; an object still missing after that
+      // is really gone and must not make every later request re-initialise the library.
+      const firstMissAt = this.missing.get(key);
+      if (firstMissAt === undefined || firstMissAt === this.connections) {
+        if (firstMissAt === undefined) {
+          if (this.missing.size > 10_000) this.missing.clear();
+          this.missing.set(key, this.connections);
+        }
+        this.onMissingObject?.();
+      }
       throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} visible on the token`);
     }
     this.handles.set(key, found);

@@ -32,3 +32,26 @@ describe('two daemons on one token: objects created by the other become visible'
     expect(a.alive && b.alive).to.equal(true);
   });
 });
+
+describe('two kmsd installations sharing one token never touch each other’s objects', function () {
+  this.timeout(120_000);
+  let stack: TestStack;
+  after(() => stack.cleanup());
+
+  it('reconciliation of installation B leaves installation A’s keys alone', async () => {
+    stack = await TestStack.create({ name: 'two-installations' });
+    const a = await stack.start();
+    const k = await a.createKey('owned-by-a', 'aes256-gcm96');
+    const e = await a.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' });
+    await a.stop();
+    // B: same token, its own data dir (so it knows none of A's versions); its start-up
+    // reconciliation must not take A's objects for orphans, although A's process is gone.
+    const b = await stack.start({ dataDir: `${stack.dir}/data-b` });
+    await b.createKey('owned-by-b', 'aes256-gcm96');
+    await b.stop();
+    const a2 = await stack.start();
+    const d = await a2.post(`/keys/${k.identity}/decrypt`, { ciphertext: e.body.ciphertext });
+    expect(d.status).to.equal(200);
+    expect(d.body.plaintext).to.equal('aGk=');
+  });
+});
