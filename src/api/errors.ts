@@ -34,6 +34,8 @@ export function mapError(e: unknown, region?: string): MappedError {
     if (e.kind === 'unavailable')
       return { status: 503, code: 'RegionUnavailable', message: `region ${region ?? ''} is unavailable: ${e.message}`.replace('  ', ' ') };
     if (e.kind === 'unsupported') return { status: 400, code: 'UnsupportedOperation', message: e.message };
+    // The token failed the call itself (CKR_GENERAL_ERROR / CKR_FUNCTION_FAILED): retryable, not a kmsd bug.
+    if (e.ckr === 0x5 || e.ckr === 0x6) return { status: 503, code: 'RegionUnavailable', message: `${e.message}; retry shortly` };
     // A recorded object not visible to this process yet: the token's index is being re-read.
     if (e.kind === 'staleHandle') return { status: 503, code: 'RegionUnavailable', message: `${e.message}; retry shortly` };
   }

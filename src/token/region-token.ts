@@ -341,17 +341,35 @@ export class RegionToken {
   async generate(spec: TokenKeySpec, o: ObjectOptions): Promise<void> {
     if (spec.kind === 'aes' || spec.kind === 'hmac' || spec.kind === 'chacha20') {
       const { mechanism, template } = secretKeyTemplate(spec, o);
-      const h = await this.withSession('generate', (p11, s) => p11.C_GenerateKeyAsync(s, { mechanism }, template));
+      const h = await this.retryTransient(o, () => this.withSession('generate', (p11, s) => p11.C_GenerateKeyAsync(s, { mechanism }, template)));
       if (o.token !== false) this.handles.set(cacheKey(CKO_SECRET_KEY, o.ckaId), h);
       return;
     }
     const t = keyPairTemplate(spec, o);
-    const pair = await this.withSession('generate', (p11, s) =>
-      p11.C_GenerateKeyPairAsync(s, { mechanism: t.mechanism }, t.publicTemplate, t.privateTemplate),
+    const pair = await this.retryTransient(o, () =>
+      this.withSession('generate', (p11, s) => p11.C_GenerateKeyPairAsync(s, { mechanism: t.mechanism }, t.publicTemplate, t.privateTemplate)),
     );
     if (o.token !== false) {
       this.handles.set(cacheKey(CKO_PRIVATE_KEY, o.ckaId), pair.privateKey);
       this.handles.set(cacheKey(CKO_PUBLIC_KEY, o.ckaId), pair.publicKey);
+    }
+  }
+
+  /**
+   * SoftHSM2's file store occasionally fails a token-object write with CKR_GENERAL_ERROR when
+   * another process writes the same token at that instant (seen in tests with two daemons
+   * creating keys together). Creating a new object is safe to retry: anything the failed
+   * attempt left under this CKA_ID is removed first.
+   */
+  private async retryTransient<T>(o: ObjectOptions, fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!(e instanceof TokenError) || (e.ckr !== 0x5 && e.ckr !== 0x6) || attempt >= 4) throw e;
+        if (o.token !== false) await this.destroy(o.ckaId).catch(() => 0);
+        await new Promise((r) => setTimeout(r, 10 + Math.random() * 40 * attempt));
+      }
     }
   }
 
