@@ -1,7 +1,7 @@
 import type { Request } from 'express';
 import type { Principal, Permission } from '../auth/principals.js';
 import { can } from '../auth/principals.js';
-import { forbidden, KmsError, validation } from '../errors.js';
+import { forbidden, validation } from '../errors.js';
 import type { KeyRecord } from '../keys/model.js';
 import type { Scope } from '../keys/key-service.js';
 import type { Services } from './services.js';
@@ -65,4 +65,3 @@ export function requireOrganisation(req: Request): string {
   return org;
 }
 
-export { KmsError };

@@ -105,4 +105,3 @@ export const querySchemas = {
 export type Schemas = typeof schemas;
 export type Body<K extends keyof Schemas> = z.output<Schemas[K]>;
 
-export { z };

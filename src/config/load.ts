@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { z } from 'zod';
 import { configSchema, type Config } from './schema.js';
 
 export class ConfigError extends Error {}
@@ -71,4 +70,3 @@ export function configPathFromEnv(cliValue: string | undefined): string {
   return p;
 }
 
-export { z };

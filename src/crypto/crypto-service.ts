@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { decryptionFailed, invalidCiphertext, KmsError, keyState, unsupported, validation } from '../errors.js';
-import { KEY_TYPES, type KeyFamily } from '../keys/key-types.js';
+import { isAsymmetric, KEY_TYPES, type KeyFamily } from '../keys/key-types.js';
 import { findVersion, type KeyRecord, type KeyVersion } from '../keys/model.js';
 import { CKM_EDDSA, HASH_MECH, HMAC_MECH, type HashName } from '../token/constants.js';
 import type { RegionToken } from '../token/region-token.js';
@@ -320,8 +320,7 @@ export class CryptoService {
   // ---- public keys and RSA decryption ----------------------------------------------------------
 
   publicKey(key: KeyRecord, version?: number) {
-    const family = KEY_TYPES[key.keyType].family;
-    if (!['ed25519', 'ecdsa', 'rsa'].includes(family)) throw unsupported(`public-key is not available for keyType ${key.keyType}`);
+    if (!isAsymmetric(key.keyType)) throw unsupported(`public-key is not available for keyType ${key.keyType}`);
     if (key.status !== 'active') throw keyState(`key is ${key.status}`);
     const token = this.regions.require(key.region);
     const versions = version === undefined ? key.versions.filter((v) => v.status === 'enabled') : [findVersion(key, version)];

@@ -34,8 +34,5 @@ export type KeyType = keyof typeof KEY_TYPE_TABLE;
 export const KEY_TYPES: Record<KeyType, KeyTypeInfo> = KEY_TYPE_TABLE;
 export const KEY_TYPE_NAMES = Object.keys(KEY_TYPES) as [KeyType, ...KeyType[]];
 
-export function keyTypeInfo(t: KeyType): KeyTypeInfo {
-  return KEY_TYPES[t];
-}
 
 export const isAsymmetric = (t: KeyType) => ['ed25519', 'ecdsa', 'rsa'].includes(KEY_TYPES[t].family);

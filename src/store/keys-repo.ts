@@ -1,5 +1,4 @@
-import type { KeyType } from '../keys/key-types.js';
-import type { KeyRecord, KeyStatus, KeyVersion } from '../keys/model.js';
+import type { KeyRecord, KeyVersion } from '../keys/model.js';
 import type { Database, Row, Tx } from './database.js';
 
 /** Columns of `keys` as KeyRecord fields; the single place that knows the table layout. */
@@ -144,19 +143,8 @@ export class KeysRepository {
     return r?.s ?? 0;
   }
 
-  dueForRotation(nowIso: string, limit: number): Promise<{ identity: string }[]> {
-    return this.db.all(
-      `SELECT identity FROM keys WHERE rotation_enabled = 1 AND status = 'active' AND next_rotation_at <= ? ORDER BY next_rotation_at LIMIT ?`,
-      [nowIso, limit],
-    );
-  }
-
   dueForDestruction(nowIso: string): Promise<{ identity: string }[]> {
     return this.db.all(`SELECT identity FROM keys WHERE status = 'pending_deletion' AND deletion_at <= ?`, [nowIso]);
-  }
-
-  countsByRegion(organisation: string): Promise<{ region: string; status: KeyStatus; n: number }[]> {
-    return this.db.all('SELECT region, status, COUNT(*) AS n FROM keys WHERE organisation = ? GROUP BY region, status', [organisation]);
   }
 
   async allCkaIds(): Promise<Set<string>> {
@@ -165,4 +153,3 @@ export class KeysRepository {
   }
 }
 
-export type { KeyType };

@@ -1,6 +1,6 @@
-import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
+import { constants, publicEncrypt, randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { HASH_MECH, type HashName } from './constants.js';
+import type { HashName } from './constants.js';
 import { oaep, type RegionToken } from './region-token.js';
 import { unwrapKeyPairTemplate } from './templates.js';
 import { rsaPublicKeyObject } from './public-key.js';
@@ -45,4 +45,3 @@ function stripId(t: pkcs11js.Template): pkcs11js.Template {
   return t.filter((a) => a.type !== pkcs11js.CKA_ID);
 }
 
-export { HASH_MECH, createPublicKey };

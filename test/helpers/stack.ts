@@ -1,9 +1,8 @@
 import { fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { freePort } from './mongo.js';
 import { KMSD_BIN, ROOT, SOFTHSM_LIB, TMP_ROOT } from './paths.js';
 import { sharedMongoUri } from './hooks.js';
 
@@ -256,4 +255,3 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
   }
 }
 
-export { freePort, readFileSync };
