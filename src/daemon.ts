@@ -5,7 +5,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'winston';
-import { createApp } from './api/app.js';
+import { createRequestListener } from './api/app.js';
 import type { Services } from './api/services.js';
 import { AuditLog } from './audit/audit-log.js';
 import { ThreadedAuditSink } from './audit/writer-thread.js';
@@ -32,6 +32,8 @@ import type { XksServer } from './xks/server.js';
 export const VERSION = '0.1.0';
 const CLOCK_SETTING = 'clock_offset_ms';
 const SESSIONS_PER_REGION = 8;
+/** Session working copies of secret keys per region (see RegionToken): ~1 KB each in the token. */
+const WORKING_COPIES_PER_REGION = 10_000;
 
 export interface RunningDaemon {
   services: Services;
@@ -96,7 +98,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       if (!t) timers.set(op, (t = metrics.tokenOp.labels(r.name, op)));
       t.observe(seconds);
     };
-    tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION }, timer));
+    tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION, workingCopies: WORKING_COPIES_PER_REGION }, timer));
   }
   // The registry's on-connect step needs the key service, which needs the registry: bound below.
   // eslint-disable-next-line prefer-const
@@ -108,6 +110,10 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     const r = await reconcileRegion(t, repo, log, startedAtMs, installation);
     if (r.destroyed) metrics.orphans.inc({ region, action: 'destroyed' }, r.destroyed);
     if (r.inFlight) metrics.orphans.inc({ region, action: 'in_flight' }, r.inFlight);
+  };
+  // A destroyed key's working copies go with it, whichever process destroyed it.
+  cache.onRemoved = (k) => {
+    for (const v of k.versions) tokens.get(k.region)?.forget(Buffer.from(v.ckaId));
   };
   const regions = new RegionRegistry(tokens, log, async (region) => {
     await reconcile(region);
@@ -178,7 +184,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     },
   };
 
-  const app = createApp(services, VERSION);
+  const app = createRequestListener(services, VERSION);
   const tls = config.listen.tls;
   const server = tls
     ? https.createServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' }, app)

@@ -68,6 +68,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly workingCopies = new client.Gauge({
+    name: 'kmsd_token_working_copies',
+    help: 'Session working copies of secret keys held in the region token',
+    labelNames: ['region'],
+    registers: [this.registry],
+  });
+
   private readonly requestChildren = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
 
   /** Per-request metrics through cached label children: no label hashing on the hot path. */

@@ -1,23 +1,31 @@
 import { randomUUID } from 'node:crypto';
+import type { RequestListener } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { requestIdFrom } from './context.js';
 import { errorHandler, sendError } from './errors.js';
 import { auditRoutes } from './routes/audit.js';
 import { byokRoutes } from './routes/byok.js';
-import { cryptoRoutes } from './routes/crypto.js';
+import { cryptoOperations, cryptoRoutes, type CryptoOperation } from './routes/crypto.js';
+import { withFastPath } from './fast-path.js';
 import { keyRoutes } from './routes/keys.js';
 import { systemRoutes } from './routes/system.js';
 import type { Services } from './services.js';
 
-/** Builds the Express application of the KMS API. */
-export function createApp(s: Services, version: string): express.Express {
+/** The daemon's request listener: the POST cryptographic operations' fast path in front of Express. */
+export function createRequestListener(s: Services, version: string): RequestListener {
+  const ops = cryptoOperations(s);
+  return withFastPath(s, ops, createApp(s, version, ops));
+}
+
+/** Builds the Express application of the KMS API (every route, including the cryptographic operations). */
+export function createApp(s: Services, version: string, ops: CryptoOperation[] = cryptoOperations(s)): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
   app.set('query parser', 'extended');
 
   app.use((req: Request, res: Response, next: NextFunction) => {
-    const id = requestIdFrom(req, randomUUID);
+    const id = requestIdFrom(req.headers, randomUUID);
     res.locals.requestId = id;
     res.setHeader('X-Request-Id', id);
     const started = performance.now();
@@ -32,7 +40,7 @@ export function createApp(s: Services, version: string): express.Express {
   app.use(express.json({ limit: s.config.limits.maxBodyBytes, strict: false, type: ['application/json', 'application/*+json'] }));
 
   // Cryptographic operations first: they are the hot path, and Express tries routes in order.
-  app.use(cryptoRoutes(s));
+  app.use(cryptoRoutes(ops));
   app.use(systemRoutes(s, version));
   app.use(auditRoutes(s));
   app.use(byokRoutes(s));

@@ -1,4 +1,4 @@
-import type { Request } from 'express';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Principal, Permission } from '../auth/principals.js';
 import { can } from '../auth/principals.js';
 import { forbidden, validation } from '../errors.js';
@@ -41,26 +41,26 @@ export class RequestContext {
 
 const MAX_REQUEST_ID = 128;
 
-export function requestIdFrom(req: Request, generate: () => string): string {
-  const given = req.headers['x-request-id'];
+export function requestIdFrom(headers: IncomingHttpHeaders, generate: () => string): string {
+  const given = headers['x-request-id'];
   if (typeof given === 'string' && given.length > 0 && given.length <= MAX_REQUEST_ID && /^[\x21-\x7e]+$/.test(given)) return given;
   return generate();
 }
 
-export function bearerToken(req: Request): string | undefined {
-  const h = req.headers.authorization;
+export function bearerToken(headers: IncomingHttpHeaders): string | undefined {
+  const h = headers.authorization;
   if (!h) return undefined;
   const m = /^(Bearer|Token)\s+(\S+)\s*$/i.exec(h);
   return m ? m[2] : undefined;
 }
 
-export function headerValue(req: Request, name: string): string | undefined {
-  const v = req.headers[name];
+export function headerValue(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const v = headers[name];
   return typeof v === 'string' && v.length ? v : undefined;
 }
 
-export function requireOrganisation(req: Request): string {
-  const org = headerValue(req, 'x-organisation-identity');
+export function requireOrganisation(headers: IncomingHttpHeaders): string {
+  const org = headerValue(headers, 'x-organisation-identity');
   if (!org) throw validation('X-Organisation-Identity header is required');
   return org;
 }

@@ -1,6 +1,7 @@
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
 import { KmsError, validation } from '../errors.js';
-import { mapError, sendError } from './errors.js';
+import { mapError, type MappedError } from './errors.js';
 import { bearerToken, requireOrganisation, RequestContext } from './context.js';
 import type { Services } from './services.js';
 
@@ -9,7 +10,18 @@ export interface Reply {
   body: unknown;
 }
 
-export type RouteBody = (req: Request, ctx: RequestContext) => Reply | Promise<Reply>;
+/** What an operation reads from a request: the same fields whether Express or the fast path parsed it. */
+export interface ApiRequest {
+  params: Record<string, string>;
+  body: unknown;
+  query: Record<string, unknown>;
+  headers: IncomingHttpHeaders;
+}
+
+export type RouteBody = (req: ApiRequest, ctx: RequestContext) => Reply | Promise<Reply>;
+
+/** One API operation, independent of the HTTP framework: resolves to the status and JSON body to send. */
+export type Operation = (req: ApiRequest, requestId: string) => Promise<{ status: number; body: unknown }>;
 
 export interface RouteOptions {
   /** Route has a `:region` parameter. */
@@ -20,14 +32,15 @@ export interface RouteOptions {
   tokenOptional?: boolean;
 }
 
+const errorBody = (m: MappedError, requestId: string) => ({ code: m.code, message: m.message, requestId });
+
 /**
  * Wraps one API operation: authentication, organisation and region checks, the handler,
- * then the audit record — the response leaves only after that record is committed, for
+ * then the audit record — the reply is released only after that record is committed, for
  * allowed and denied requests alike.
  */
-export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: RouteBody): RequestHandler {
-  return async (req: Request, res: Response) => {
-    const requestId = String(res.locals.requestId);
+export function operation(s: Services, action: string, opts: RouteOptions, body: RouteBody): Operation {
+  return async (req, requestId) => {
     const region = opts.regional ? String(req.params.region) : undefined;
     let ctx: RequestContext | undefined;
     let principal: string | null = null;
@@ -35,12 +48,12 @@ export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: 
     try {
       // Writes by kmsctl or another daemon (principals, keys, clock) are seen before anything else.
       await s.keys.fresh();
-      const token = bearerToken(req);
+      const token = bearerToken(req.headers);
       if (!token) throw new KmsError('Unauthenticated', 'missing Authorization header (Bearer or Token)');
       const p = s.principals.authenticate(token);
       if (!p) throw new KmsError('Unauthenticated', 'unknown token');
       principal = p.name;
-      organisation = requireOrganisation(req);
+      organisation = requireOrganisation(req.headers);
       if (!p.organisations.includes(organisation)) throw new KmsError('Forbidden', `principal ${p.name} is not a member of organisation ${organisation}`);
       const org = s.config.organisations.find((o) => o.identity === organisation);
       if (!opts.allowDisabledOrg && !org?.kmsEnabled) throw new KmsError('KmsNotEnabled', `KMS is not enabled for organisation ${organisation}`);
@@ -63,7 +76,7 @@ export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: 
         requestId,
         detail: ctx.auditDetail ?? null,
       });
-      res.status(reply.status ?? 200).json(reply.body);
+      return { status: reply.status ?? 200, body: reply.body };
     } catch (e) {
       const m = mapError(e, region);
       if (m.status >= 500 && m.code === 'InternalError')
@@ -81,9 +94,22 @@ export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: 
         });
       } catch (auditErr) {
         s.log.error('audit record failed', { requestId, error: String(auditErr) });
-        return sendError(res, { status: 500, code: 'InternalError', message: 'audit trail unavailable' }, requestId);
+        return { status: 500, body: errorBody({ status: 500, code: 'InternalError', message: 'audit trail unavailable' }, requestId) };
       }
-      sendError(res, m, requestId);
+      return { status: m.status, body: errorBody(m, requestId) };
     }
   };
+}
+
+/** An operation as an Express route handler. */
+export function expressRoute(op: Operation): RequestHandler {
+  return async (req: Request, res: Response) => {
+    const out = await op(req as ApiRequest, String(res.locals.requestId));
+    res.status(out.status).json(out.body);
+  };
+}
+
+/** Shorthand for routes only Express serves. */
+export function kmsRoute(s: Services, action: string, opts: RouteOptions, body: RouteBody): RequestHandler {
+  return expressRoute(operation(s, action, opts, body));
 }

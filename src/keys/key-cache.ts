@@ -6,6 +6,9 @@ export class KeyCache {
   private readonly byId = new Map<string, KeyRecord>();
   private readonly byScope = new Map<string, string>();
 
+  /** Called with a key that disappeared (destroyed, possibly by another process). */
+  onRemoved: (k: KeyRecord) => void = () => {};
+
   constructor(private readonly repo: KeysRepository) {}
 
   async loadAll(): Promise<void> {
@@ -34,6 +37,7 @@ export class KeyCache {
     if (!old) return;
     this.byId.delete(identity);
     this.byScope.delete(scopeKey(old.organisation, old.region, old.project, old.slug));
+    this.onRemoved(old);
   }
 
   get(identity: string): KeyRecord | undefined {

@@ -827,6 +827,53 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
     });
   });
 
+  describe('the fast path (node:http) and Express serve an operation alike', () => {
+    // A query string sends the same request through Express; a plain one takes the fast path.
+    const both = async (p: string, body: unknown, o: Parameters<Daemon['post']>[2] = {}) => [await d.post(p, body, o), await d.post(`${p}?via=express`, body, o)];
+
+    it('encrypt on either path decrypts on the other; the audit records both alike', async () => {
+      const id = k.aesOther.identity;
+      const [fast, slow] = await both(`/keys/${id}/encrypt`, { plaintext: b64('either way'), aad: b64('ctx') }, { headers: { 'x-request-id': 'path-pair' } });
+      for (const r of [fast!, slow!]) {
+        expect(r.status).to.equal(200);
+        expect(Object.keys(r.body)).to.deep.equal(['ciphertext', 'keyVersion']);
+        expect(r.headers.get('content-type')).to.equal('application/json; charset=utf-8');
+        expect(r.headers.get('x-request-id')).to.equal('path-pair');
+      }
+      expect((await d.post(`/keys/${id}/decrypt?via=express`, { ciphertext: fast!.body.ciphertext, aad: b64('ctx') })).body.plaintext).to.equal(b64('either way'));
+      expect((await d.post(`/keys/${id}/decrypt`, { ciphertext: slow!.body.ciphertext, aad: b64('ctx') })).body.plaintext).to.equal(b64('either way'));
+      const a = await d.get(`/audit?keyIdentity=${id}&action=kms.encrypt`);
+      const rows = a.body.events.filter((e: any) => e.requestId === 'path-pair');
+      expect(rows).to.have.length(2);
+      expect(rows.map((e: any) => [e.outcome, e.keyVersion, e.principal])).to.deep.equal([['success', '1', 'admin'], ['success', '1', 'admin']]);
+    });
+
+    it('errors are identical on both paths: malformed JSON, validation, authentication, unknown key, wrong key type', async () => {
+      const id = k.aesOther.identity;
+      const strip = (r: Reply) => [r.status, r.body.code, r.body.message];
+      const pairs: [string, unknown, Parameters<Daemon['post']>[2]][] = [
+        [`/keys/${id}/encrypt`, undefined, { raw: '{"plaintext":' }],
+        [`/keys/${id}/encrypt`, { plaintext: 5 }, {}],
+        [`/keys/${id}/encrypt`, {}, {}],
+        [`/keys/${id}/encrypt`, { plaintext: 'aGk=' }, { token: 'not-a-token' }],
+        [`/keys/${id}/encrypt`, { plaintext: 'aGk=' }, { token: null }],
+        [`/keys/${id}/encrypt`, { plaintext: 'aGk=' }, { org: null }],
+        [`/keys/no-such-key/encrypt`, { plaintext: 'aGk=' }, {}],
+        [`/keys/${k['ed25519'].identity}/encrypt`, { plaintext: 'aGk=' }, {}],
+        [`/keys/${id}/sign`, { input: 'aGk=' }, {}],
+      ];
+      for (const [p, body, o] of pairs) {
+        const [fast, slow] = await both(p, body, o);
+        expect(fast!.status, `${p} ${JSON.stringify(fast!.body)}`).to.be.within(400, 499);
+        expect(strip(fast!), p).to.deep.equal(strip(slow!));
+      }
+      // an unknown region is 404 on both, too
+      const [fast, slow] = await both(`/keys/${id}/encrypt`, { plaintext: 'aGk=' }, { region: 'xx-99' });
+      expect(strip(fast!)).to.deep.equal(strip(slow!));
+      expect(fast!.status).to.equal(404);
+    });
+  });
+
   describe('audit of cryptographic operations', () => {
     it('records the operation and version, never the plaintext', async () => {
       const id = k.aesOther.identity;

@@ -7,6 +7,7 @@ import { Database } from '../../src/store/database.js';
 import { MongoServer } from '../helpers/mongo.js';
 import { KMSCTL_BIN, KMSD_BIN } from '../helpers/paths.js';
 import { ORG, TestStack, waitFor, type Daemon } from '../helpers/stack.js';
+import { probeWorkingCopies } from '../helpers/working-copy-probe.js';
 
 function runKmsd(stack: TestStack, config: unknown, extraArgs: string[] = [], env: NodeJS.ProcessEnv = {}) {
   const file = path.join(stack.dir, `bad-${Math.random().toString(36).slice(2)}.yaml`);
@@ -156,6 +157,19 @@ describe('foundation: config, auth, token layer, store, readiness, shutdown', fu
       const p = await d.post('/keys/survivor/decrypt', { ciphertext: e.body.ciphertext });
       expect(p.status).to.equal(200);
       expect(p.body.plaintext).to.equal('aGVsbG8=');
+    });
+
+    it('symmetric keys are used through session working copies: in the token, sensitive, capped, destroyed with the key', () => {
+      stack.initToken('probe-token');
+      const r = probeWorkingCopies(stack, 'probe-token');
+      expect(r.afterFirst).to.deep.equal({ copies: 1, sessionObjectsA: 1, attrs: { token: false, sensitive: true, extractable: false } });
+      expect(r.tokenObjectDecrypts, 'the copy is the same key as the token object').to.equal(true);
+      expect(r.copyDecrypts, 'and the other way round').to.equal(true);
+      expect(r.tamperedRejected).to.equal(true);
+      // cap 2: using A, B, C, A evicted A then B; the evicted copies are destroyed, not leaked
+      expect(r.afterCap).to.deep.equal({ copies: 2, sessionObjects: 2, sessionObjectsA: 1, allThreeEncrypt: true });
+      expect(r.afterDestroy).to.deep.equal({ copies: 1, sessionObjectsA: 0, tokenObjectsA: 0 });
+      expect(r.disabled).to.deep.equal({ copies: 0, sessionObjects: 0 });
     });
 
     it('migrations are versioned and re-running them applies nothing', async () => {

@@ -812,6 +812,28 @@ describe('keys: scheduled destruction via the testing clock', function () {
     expect(keyObjects(stack, k.identity)).to.have.length(1);
   });
 
+  it('a key destroyed through one daemon takes the other daemon\u2019s working copy with it', async () => {
+    const d2 = await stack.start();
+    const copies = async (x: Daemon) => {
+      const m = await x.call('GET', '/metrics', undefined, { token: null, org: null });
+      return Number(/kmsd_token_working_copies\{[^}]*region="nl-01"[^}]*\} (\d+)/.exec(String(m.body))![1]);
+    };
+    try {
+      const k = await d.createKey('copied then destroyed', 'aes256-gcm96');
+      const before = [await copies(d), await copies(d2)];
+      for (const x of [d, d2]) expect((await x.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' })).status).to.equal(200);
+      expect([await copies(d), await copies(d2)]).to.deep.equal([before[0]! + 1, before[1]! + 1]);
+      await d.del(`/keys/${k.identity}?pendingWindowInDays=7`);
+      await d.advanceClock(8 * 86400);
+      // each daemon learns of the destruction on its next request, whichever of them ran the job
+      await waitFor('destroyed on both', async () => (await d.get(`/keys/${k.identity}`)).status === 404 && (await d2.get(`/keys/${k.identity}`)).status === 404);
+      expect([await copies(d), await copies(d2)]).to.deep.equal(before);
+      expect(keyObjects(stack, k.identity)).to.have.length(0);
+    } finally {
+      await d2.stop();
+    }
+  });
+
   it('destruction is safe with two daemons evaluating the same data dir: one kms.destroy, objects gone', async () => {
     const d2 = await stack.start();
     try {

@@ -1,6 +1,6 @@
 import { Router } from 'express';
 import { validation } from '../../errors.js';
-import { kmsRoute } from '../handler.js';
+import { expressRoute, operation, type Operation, type RouteBody } from '../handler.js';
 import type { RequestContext } from '../context.js';
 import { querySchemas, schemas } from '../schemas.js';
 import type { Services } from '../services.js';
@@ -21,11 +21,28 @@ function versionOf(ctx: RequestContext, v: string) {
   ctx.auditVersion = v;
 }
 
-/** Cryptographic operations: /v1/kms/{region}/keys/{id}/<operation>. */
-export function cryptoRoutes(s: Services): Router {
+/** One cryptographic operation: /v1/kms/{region}/keys/{id}/{path}. */
+export interface CryptoOperation {
+  method: 'post' | 'get';
+  path: string;
+  run: Operation;
+}
+
+/** The route pattern of a cryptographic operation (also its metrics label). */
+export const cryptoRoutePath = (path: string) => `/v1/kms/:region/keys/:id/${path}`;
+
+/** Serves the cryptographic operations through Express (the fast path serves most POSTs before it). */
+export function cryptoRoutes(ops: CryptoOperation[]): Router {
   const r = Router();
-  const op = (name: string, path: string, body: Parameters<typeof kmsRoute>[3], method: 'post' | 'get' = 'post') =>
-    r[method](`/v1/kms/:region/keys/:id/${path}`, kmsRoute(s, `kms.${name}`, REGIONAL, body));
+  for (const o of ops) r[o.method](cryptoRoutePath(o.path), expressRoute(o.run));
+  return r;
+}
+
+/** Cryptographic operations on a key, framework-independent. */
+export function cryptoOperations(s: Services): CryptoOperation[] {
+  const ops: CryptoOperation[] = [];
+  const op = (name: string, path: string, body: RouteBody, method: 'post' | 'get' = 'post') =>
+    ops.push({ method, path, run: operation(s, `kms.${name}`, REGIONAL, body) });
 
   op('encrypt', 'encrypt', async (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
@@ -124,5 +141,5 @@ export function cryptoRoutes(s: Services): Router {
     return { body: { plaintext: out.plaintext } };
   });
 
-  return r;
+  return ops;
 }

@@ -1,6 +1,6 @@
-import { Router, type Request } from 'express';
+import { Router } from 'express';
 import { KmsError } from '../../errors.js';
-import { kmsRoute } from '../handler.js';
+import { kmsRoute, type ApiRequest } from '../handler.js';
 import { querySchemas, schemas } from '../schemas.js';
 import type { Services } from '../services.js';
 import { parse } from '../validate.js';
@@ -9,7 +9,7 @@ import { keyToWire } from '../wire.js';
 const REGIONAL = { regional: true } as const;
 
 /** matchLabels[k]=v arrives as an object (extended query parser) or as literal bracket keys. */
-function labelFilter(req: Request): Record<string, string> | undefined {
+function labelFilter(req: ApiRequest): Record<string, string> | undefined {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(req.query)) {
     if (k === 'matchLabels' && v && typeof v === 'object' && !Array.isArray(v))
@@ -20,7 +20,7 @@ function labelFilter(req: Request): Record<string, string> | undefined {
   return Object.keys(out).length ? out : undefined;
 }
 
-function plainQuery(req: Request): Record<string, unknown> {
+function plainQuery(req: ApiRequest): Record<string, unknown> {
   return Object.fromEntries(Object.entries(req.query).filter(([k, v]) => !k.startsWith('matchLabels') && typeof v === 'string'));
 }
 

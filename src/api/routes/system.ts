@@ -33,7 +33,10 @@ export function systemRoutes(s: Services, version: string): Router {
   });
 
   r.get('/metrics', async (_req, res) => {
-    for (const [name, t] of s.regions.tokens) s.metrics.regionUp.set({ region: name }, t.available ? 1 : 0);
+    for (const [name, t] of s.regions.tokens) {
+      s.metrics.regionUp.set({ region: name }, t.available ? 1 : 0);
+      s.metrics.workingCopies.set({ region: name }, t.workingCopies);
+    }
     res.set('Content-Type', s.metrics.registry.contentType).send(await s.metrics.registry.metrics());
   });
 
@@ -47,7 +50,7 @@ export function systemRoutes(s: Services, version: string): Router {
       sendError(res, { status: 404, code: 'NotFound', message: 'testing.clockControl is off' }, requestId);
       return false;
     }
-    const token = bearerToken(req);
+    const token = bearerToken(req.headers);
     const p = token ? s.principals.authenticate(token) : undefined;
     if (!p) {
       sendError(res, mapError(new KmsError('Unauthenticated', 'missing or unknown token')), requestId);

@@ -1,0 +1,135 @@
+/**
+ * Exercises RegionToken's session working copies on a real SoftHSM2 token, in its own process
+ * (SoftHSM2 reads SOFTHSM2_CONF at C_Initialize), and reports what it saw as JSON. Session
+ * objects are only visible inside the process that made them, so this is the only place a
+ * test can look at them. usage: node working-copy-probe.js LABEL PIN
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import pkcs11js from 'pkcs11js';
+import { RegionToken } from '../../src/token/region-token.js';
+import { SOFTHSM_LIB } from './paths.js';
+import type { TestStack } from './stack.js';
+
+export interface WorkingCopyReport {
+  /** after one encrypt with key A */
+  afterFirst: { copies: number; sessionObjectsA: number; attrs: { token: boolean; sensitive: boolean; extractable: boolean } };
+  /** the copy's ciphertext, decrypted directly with the token object (no copy involved) */
+  tokenObjectDecrypts: boolean;
+  /** a ciphertext made by the token object, decrypted through the copy */
+  copyDecrypts: boolean;
+  /** a tampered ciphertext through the copy: undefined (tag check failed) */
+  tamperedRejected: boolean;
+  /** after keys B and C were used with a cap of 2 */
+  afterCap: { copies: number; sessionObjects: number; sessionObjectsA: number; allThreeEncrypt: boolean };
+  /** after destroy(A), whose copy is live */
+  afterDestroy: { copies: number; sessionObjectsA: number; tokenObjectsA: number };
+  /** with workingCopies 0: operations use the token object, no copy */
+  disabled: { copies: number; sessionObjects: number };
+}
+
+export function probeWorkingCopies(stack: TestStack, label: string): WorkingCopyReport {
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), label, '1234'], { env: stack.env, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`working-copy-probe failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as WorkingCopyReport;
+}
+
+async function main(label: string, pin: string): Promise<WorkingCopyReport> {
+  const settings = { region: 'probe', modulePath: SOFTHSM_LIB, label, pin, sessions: 2 };
+  const t = new RegionToken({ ...settings, workingCopies: 2 });
+  t.connect();
+  // An independent session of the same process: sees every session object this process made.
+  const p = new pkcs11js.PKCS11();
+  p.load(SOFTHSM_LIB);
+  try {
+    p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch {
+    /* already initialised by the RegionToken: the library is per process */
+  }
+  const slot = p.C_GetSlotList(true).find((s) => p.C_GetTokenInfo(s).label.trim() === label)!;
+  const s = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+  const find = (id: Buffer | undefined, token: boolean) => {
+    const template: pkcs11js.Template = [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+      { type: pkcs11js.CKA_TOKEN, value: token },
+    ];
+    if (id) template.push({ type: pkcs11js.CKA_ID, value: id });
+    p.C_FindObjectsInit(s, template);
+    const hs = p.C_FindObjects(s, 1000);
+    p.C_FindObjectsFinal(s);
+    return hs;
+  };
+  const gcm = (iv: Buffer) => ({
+    mechanism: pkcs11js.CKM_AES_GCM,
+    parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv, aad: Buffer.from('aad'), ivBits: 96, tagBits: 128 } as pkcs11js.AesGCM,
+  });
+  const ids = ['a', 'b', 'c'].map((n) => Buffer.from(`probe/${n}/${randomBytes(4).toString('hex')}`));
+  const [a, b, c] = ids as [Buffer, Buffer, Buffer];
+  for (const id of ids) await t.generate({ kind: 'aes', bytes: 32 }, { ckaId: id, label: 'probe', extractable: false });
+  const plaintext = Buffer.from('working copies stay in the token');
+  const iv = randomBytes(12);
+  const aad = Buffer.from('aad');
+
+  const ct = t.aesGcmEncrypt(a, iv, aad, plaintext);
+  const copyA = find(a, false);
+  const [tok, sens, ext] = p.C_GetAttributeValue(s, copyA[0]!, [
+    { type: pkcs11js.CKA_TOKEN },
+    { type: pkcs11js.CKA_SENSITIVE },
+    { type: pkcs11js.CKA_EXTRACTABLE },
+  ]);
+  const bool = (x: pkcs11js.Attribute) => (x.value as Buffer)[0] === 1;
+  const afterFirst = { copies: t.workingCopies, sessionObjectsA: copyA.length, attrs: { token: bool(tok!), sensitive: bool(sens!), extractable: bool(ext!) } };
+
+  const original = find(a, true)[0]!;
+  p.C_DecryptInit(s, gcm(iv), original);
+  const viaToken = p.C_Decrypt(s, ct, Buffer.alloc(ct.length));
+  const iv2 = randomBytes(12);
+  p.C_EncryptInit(s, gcm(iv2), original);
+  const ct2 = p.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
+  const viaCopy = t.aesGcmDecrypt(a, iv2, aad, ct2);
+  const tampered = Buffer.from(ct2);
+  tampered[0]! ^= 1;
+
+  const report: Partial<WorkingCopyReport> = {
+    afterFirst,
+    tokenObjectDecrypts: viaToken.equals(plaintext),
+    copyDecrypts: viaCopy?.equals(plaintext) === true,
+    tamperedRejected: t.aesGcmDecrypt(a, iv2, aad, tampered) === undefined,
+  };
+
+  const outB = t.aesGcmEncrypt(b, iv, aad, plaintext);
+  const outC = t.aesGcmEncrypt(c, iv, aad, plaintext);
+  const again = t.aesGcmEncrypt(a, iv, aad, plaintext); // A's copy was evicted: a new one replaces B's
+  report.afterCap = {
+    copies: t.workingCopies,
+    sessionObjects: find(undefined, false).length,
+    sessionObjectsA: find(a, false).length,
+    allThreeEncrypt: outB.length === plaintext.length + 16 && outC.length === outB.length && again.equals(ct),
+  };
+
+  await t.destroy(a);
+  report.afterDestroy = { copies: t.workingCopies, sessionObjectsA: find(a, false).length, tokenObjectsA: find(a, true).length };
+  await t.destroy(b);
+  await t.destroy(c);
+  t.close();
+
+  const plain = new RegionToken({ ...settings, workingCopies: 0 });
+  plain.connect();
+  const d = Buffer.from(`probe/d/${randomBytes(4).toString('hex')}`);
+  await plain.generate({ kind: 'aes', bytes: 32 }, { ckaId: d, label: 'probe', extractable: false });
+  plain.aesGcmEncrypt(d, iv, aad, plaintext);
+  report.disabled = { copies: plain.workingCopies, sessionObjects: find(undefined, false).length };
+  await plain.destroy(d);
+  plain.close();
+  return report as WorkingCopyReport;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url))
+  main(process.argv[2]!, process.argv[3]!).then(
+    (r) => process.stdout.write(JSON.stringify(r)),
+    (e) => {
+      process.stderr.write(String((e as Error)?.stack ?? e));
+      process.exit(1);
+    },
+  );
