@@ -496,12 +496,11 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
         const { r } = await measure({ url: url(keys.aes, 'encrypt'), body, headers, connections: Q.batchConnections }, { serverPid: d.proc.pid });
         const items = r.reqPerSec * Q.batchItems;
         log(`  batch: ${items.toFixed(0)} items/s (${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms); ${cpuText(r)}`);
-        goalRow('batch-encrypt', `POST …/encrypt, batch of ${Q.batchItems} × 32 B, ${Q.batchConnections} conns`, items, 'items/s', 'raw-pkcs11-aes', '>=', 1.0, {
-          note: loadNote(r),
-          detail: loadDetail(r),
-        });
+        // The goal row is measured in the nproc phase (workers = cores, the default): one process
+        // is bounded by one thread's HSM rate (SoftHSM2 serialises a process's calls).
+        infoRow('batch-encrypt-1proc', `POST …/encrypt, batch of ${Q.batchItems} × 32 B, ${Q.batchConnections} conns, 1 process`, items, 'items/s', 'raw-pkcs11-aes', loadNote(r), loadDetail(r));
       },
-      (note) => goalRow('batch-encrypt', `POST …/encrypt, batch of ${Q.batchItems}`, null, 'items/s', 'raw-pkcs11-aes', '>=', 1.0, { note }),
+      (note) => infoRow('batch-encrypt-1proc', `POST …/encrypt, batch of ${Q.batchItems}, 1 process`, null, 'items/s', 'raw-pkcs11-aes', note),
     );
 
     const simple: [string, string, string, string, string, number][] = [
@@ -618,6 +617,17 @@ async function phaseNproc(): Promise<void> {
         });
         infoRow('encrypt-nproc:p99', `encrypt p99 latency, ${CORES} processes`, r.p99, 'ms', 'express-echo-N:p99');
         infoRow('echo-scaling', `express-echo, ${CORES} processes (what this machine allows with autocannon on the same cores)`, B['express-echo-N']?.value ?? null, 'req/s', 'express-echo');
+
+        log(`batch encrypt ×${CORES}, ${Q.batchItems} items, ${Q.batchConnections} connections`);
+        const batchBody = JSON.stringify({ batch: Array.from({ length: Q.batchItems }, () => ({ plaintext: b64(32) })) });
+        await precheck(d, `/v1/kms/nl-01/keys/${keys.aes}/encrypt`, batchBody);
+        const b = (await measure({ url: `${d.url}/v1/kms/nl-01/keys/${keys.aes}/encrypt`, body: batchBody, headers: apiHeaders(mainStack), connections: Q.batchConnections }, { serverPid: d.proc.pid })).r;
+        const items = b.reqPerSec * Q.batchItems;
+        log(`  batch ×${CORES}: ${items.toFixed(0)} items/s (${b.reqPerSec.toFixed(0)} req/s, p99 ${b.p99} ms); ${cpuText(b)}`);
+        goalRow('batch-encrypt', `POST …/encrypt, batch of ${Q.batchItems} × 32 B, ${Q.batchConnections} conns, ${CORES} processes (workers: ${CORES})`, items, 'items/s', 'raw-pkcs11-aes', '>=', 1.0, {
+          note: [loadNote(b), cpuText(b)].filter(Boolean).join('; '),
+          detail: loadDetail(b),
+        });
       } finally {
         await d.stop();
       }

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import cluster from 'node:cluster';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -9,6 +10,7 @@ import { createRequestListener } from './api/app.js';
 import type { Services } from './api/services.js';
 import { AuditLog } from './audit/audit-log.js';
 import { ThreadedAuditSink } from './audit/writer-thread.js';
+import { ClusterAuditSink } from './audit/cluster-sink.js';
 import { CLOCK_CHANGED, PRINCIPALS_CHANGED, PrincipalDirectory } from './auth/principals.js';
 import { ByokService } from './byok/byok-service.js';
 import { Clock } from './clock.js';
@@ -75,7 +77,8 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       metrics.auditBatch.observe(n);
       metrics.auditCommit.observe(seconds);
     },
-    await ThreadedAuditSink.start(config.dataDir),
+    // A cluster worker sends its rows to the primary (the cluster's one writer); else a writer thread.
+    cluster.isWorker ? new ClusterAuditSink() : await ThreadedAuditSink.start(config.dataDir),
   );
 
   const feed = new ChangeFeed(path.join(config.dataDir, 'kmsd.generation'), repo, async (ids) => {

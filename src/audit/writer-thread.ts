@@ -7,6 +7,7 @@
 import { parentPort, Worker, workerData } from 'node:worker_threads';
 import { Database } from '../store/database.js';
 import { AuditChainWriter, type AuditSink, type StoredAuditEventDraft } from './audit-log.js';
+import { CommitQueue } from './commit-queue.js';
 
 interface Submit {
   id: number;
@@ -17,45 +18,19 @@ interface Reply {
   error?: string;
 }
 
-const MAX_ROWS = 1000;
-
 async function runWriter(dataDir: string): Promise<void> {
   const db = await Database.open(dataDir);
-  const writer = new AuditChainWriter(db);
-  const inbox: Submit[] = [];
-  let busy = false;
-  const drain = async () => {
-    busy = true;
-    while (inbox.length) {
-      const take: Submit[] = [];
-      let rows = 0;
-      while (inbox.length && rows + inbox[0]!.events.length <= MAX_ROWS) {
-        const s = inbox.shift()!;
-        take.push(s);
-        rows += s.events.length;
-      }
-      if (!take.length) take.push(inbox.shift()!);
-      const reply: Reply = { ids: take.map((s) => s.id) };
-      try {
-        await writer.append(take.flatMap((s) => s.events));
-      } catch (e) {
-        reply.error = (e as Error).message;
-      }
-      parentPort!.postMessage(reply);
-    }
-    busy = false;
-  };
+  const queue = new CommitQueue(new AuditChainWriter(db));
   parentPort!.on('message', (m: Submit | 'close') => {
     if (m === 'close') {
       void (async () => {
-        while (busy || inbox.length) await new Promise((r) => setTimeout(r, 5));
+        while (!queue.idle) await new Promise((r) => setTimeout(r, 5));
         await db.close();
         process.exit(0);
       })();
       return;
     }
-    inbox.push(m);
-    if (!busy) void drain();
+    queue.submit(m.events, (error) => parentPort!.postMessage({ ids: [m.id], error } satisfies Reply));
   });
   parentPort!.postMessage('ready');
 }

@@ -39,7 +39,7 @@ const workers = config.workers === 0 ? os.availableParallelism() : config.worker
 
 if (workers > 1 && cluster.isPrimary) {
   const { runSupervisor } = await import('../cluster/supervisor.js');
-  runSupervisor(workers, config.logLevel);
+  await runSupervisor(workers, config.logLevel, config.dataDir);
 } else {
   const { startDaemon } = await import('../daemon.js');
   const { createLogger } = await import('../log.js');

@@ -1,13 +1,16 @@
 import cluster, { type Worker } from 'node:cluster';
+import { serveClusterAudit } from '../audit/cluster-sink.js';
 import { createLogger } from '../log.js';
 
 /**
  * Primary process of a multi-worker kmsd: forks the workers, restarts one that dies (with a
  * short back-off so a crash loop does not spin), and on SIGTERM/SIGINT asks every worker to
- * shut down gracefully before exiting itself.
+ * shut down gracefully before exiting itself. It is also the cluster's one audit writer
+ * (audit/cluster-sink.ts): it opens the data dir (and migrates it) before any worker starts.
  */
-export function runSupervisor(count: number, level: string): void {
+export async function runSupervisor(count: number, level: string, dataDir: string): Promise<void> {
   const log = createLogger(level);
+  const audit = await serveClusterAudit(dataDir);
   let stopping = false;
   const restarts: number[] = [];
 
@@ -31,7 +34,7 @@ export function runSupervisor(count: number, level: string): void {
     if (stopping) {
       if (Object.keys(cluster.workers ?? {}).length === 0) {
         log.info('all workers stopped');
-        process.exit(0);
+        void audit.close().finally(() => process.exit(0));
       }
       return;
     }

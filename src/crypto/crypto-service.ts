@@ -46,6 +46,9 @@ export interface SignInput {
   context?: string;
 }
 
+/** Batch items between two yields to the event loop (~20 µs each). */
+const BATCH_CHUNK = 64;
+
 export type CryptoErrorItem = { error: { code: string; message: string } };
 
 /** Every cryptographic operation of the contract, each on the key version's token object. */
@@ -87,20 +90,11 @@ export class CryptoService {
     return this.encryptWith(token, key, plaintext, aad, keyVersion);
   }
 
-  /**
-   * One AES-GCM encryption: synchronously on the main thread (the fast path: ~20 µs, cheaper
-   * than a thread hop) or, for batches, through the thread pool so the other core works too.
-   */
+  /** One AES-GCM encryption, synchronously on the main thread (~20 µs: cheaper than a thread hop). */
   private encryptWith(token: RegionToken, key: KeyRecord, plaintext: Buffer, aad: Buffer, keyVersion?: number) {
     const v = this.versionForNew(key, keyVersion);
     const iv = this.ivs.next();
     return this.encrypted(v, iv, token.aesGcmEncrypt(this.objectId(v), iv, aad, plaintext));
-  }
-
-  private async encryptWithAsync(token: RegionToken, key: KeyRecord, plaintext: Buffer, aad: Buffer) {
-    const v = this.versionForNew(key, undefined);
-    const iv = this.ivs.next();
-    return this.encrypted(v, iv, await token.aesGcmEncryptAsync(this.objectId(v), iv, aad, plaintext));
   }
 
   private encrypted(v: KeyVersion, iv: Buffer, ct: Buffer) {
@@ -115,11 +109,6 @@ export class CryptoService {
   private decryptWith(token: RegionToken, key: KeyRecord, ciphertext: string, aad: Buffer) {
     const { v, data } = this.decryptable(key, ciphertext);
     return this.decrypted(v, token.aesGcmDecrypt(this.objectId(v), data.subarray(0, 12), aad, data.subarray(12)));
-  }
-
-  private async decryptWithAsync(token: RegionToken, key: KeyRecord, ciphertext: string, aad: Buffer) {
-    const { v, data } = this.decryptable(key, ciphertext);
-    return this.decrypted(v, await token.aesGcmDecryptAsync(this.objectId(v), data.subarray(0, 12), aad, data.subarray(12)));
   }
 
   private decryptable(key: KeyRecord, ciphertext: string) {
@@ -169,53 +158,55 @@ export class CryptoService {
   }
 
   /**
-   * Batch encrypt/decrypt: a bad item gets an error in its slot and the others go on. Every
-   * other item goes through the thread pool while the main thread does the rest synchronously,
-   * so a batch keeps both cores busy.
+   * Batch decrypt: a bad item gets an error in its slot and the others go on. Items (of both
+   * batch operations) run
+   * synchronously on the main thread in chunks, yielding to the event loop between chunks (a
+   * 1,000-item batch never holds it for more than ~1.5 ms at a time). Not through the thread
+   * pool: SoftHSM2 serialises a process's calls on its own locks, so a second thread adds the
+   * hop without adding throughput (measured: one thread 46k AES-GCM/s, two threads 37k/s
+   * together). A batch uses the other core in the other kmsd worker process (`workers`).
    */
-  private async batch<I, O>(
-    key: KeyRecord,
-    op: 'encrypt' | 'decrypt',
-    items: I[],
-    sync: (token: RegionToken, item: I) => O,
-    async: (token: RegionToken, item: I) => Promise<O>,
-  ): Promise<(O | CryptoErrorItem)[]> {
-    const token = this.usable(key, ['aes'], op);
-    const asError = (e: unknown): CryptoErrorItem => {
-      if (e instanceof KmsError) return { error: { code: e.code, message: e.message } };
-      throw e;
-    };
-    const offloaded = items.map((item, i) => (i % 2 === 1 ? async(token, item).catch(asError) : undefined));
-    const out = items.map((item, i) => {
-      if (offloaded[i]) return undefined;
-      try {
-        return sync(token, item);
-      } catch (e) {
-        return asError(e);
+  private async batch<I, O>(key: KeyRecord, op: 'encrypt' | 'decrypt', items: I[], each: (token: RegionToken, item: I) => O): Promise<(O | CryptoErrorItem)[]> {
+    let token = this.usable(key, ['aes'], op);
+    const out: (O | CryptoErrorItem)[] = [];
+    for (let i = 0; i < items.length; i++) {
+      if (i > 0 && i % BATCH_CHUNK === 0) {
+        await new Promise((r) => setImmediate(r));
+        token = this.usable(key, ['aes'], op); // still usable after the yield (region up, key active)
       }
-    });
-    return Promise.all(out.map((o, i) => offloaded[i] ?? (o as O | CryptoErrorItem)));
+      try {
+        out.push(each(token, items[i]!));
+      } catch (e) {
+        if (!(e instanceof KmsError)) throw e;
+        out.push({ error: { code: e.code, message: e.message } });
+      }
+    }
+    return out;
   }
 
-  encryptBatch(key: KeyRecord, items: { plaintext: Buffer; aad: Buffer }[]) {
-    return this.batch(
-      key,
-      'encrypt',
-      items,
-      (t, i) => this.encryptWith(t, key, i.plaintext, i.aad),
-      (t, i) => this.encryptWithAsync(t, key, i.plaintext, i.aad),
-    );
+  /** Every item under the version that is latest when the batch starts; chunks as in `batch`. */
+  async encryptBatch(key: KeyRecord, items: { plaintext: Buffer; aad: Buffer }[]) {
+    let token = this.usable(key, ['aes'], 'encrypt');
+    const v = this.versionForNew(key, undefined);
+    const id = this.objectId(v);
+    const out: { ciphertext: string; keyVersion: string }[] = [];
+    for (let i = 0; i < items.length; i += BATCH_CHUNK) {
+      if (i > 0) {
+        await new Promise((r) => setImmediate(r));
+        token = this.usable(key, ['aes'], 'encrypt');
+      }
+      const chunk = items.slice(i, i + BATCH_CHUNK).map((it) => ({ iv: this.ivs.next(), aad: it.aad, plaintext: it.plaintext }));
+      const cts = token.aesGcmEncryptMany(id, chunk);
+      for (let j = 0; j < chunk.length; j++) out.push(this.encrypted(v, chunk[j]!.iv, cts[j]!));
+    }
+    return out;
   }
 
   decryptBatch(key: KeyRecord, items: { ciphertext: string; aad: Buffer }[]) {
-    const wire = (r: { plaintext: Buffer; keyVersion: string }) => ({ plaintext: r.plaintext.toString('base64'), keyVersion: r.keyVersion });
-    return this.batch(
-      key,
-      'decrypt',
-      items,
-      (t, i) => wire(this.decryptWith(t, key, i.ciphertext, i.aad)),
-      async (t, i) => wire(await this.decryptWithAsync(t, key, i.ciphertext, i.aad)),
-    );
+    return this.batch(key, 'decrypt', items, (t, i) => {
+      const r = this.decryptWith(t, key, i.ciphertext, i.aad);
+      return { plaintext: r.plaintext.toString('base64'), keyVersion: r.keyVersion };
+    });
   }
 
   reEncrypt(source: KeyRecord, ciphertext: string, aad: Buffer, destination: KeyRecord) {

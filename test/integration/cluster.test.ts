@@ -46,6 +46,23 @@ describe('cluster: several worker processes share port, token, data dir and Mong
     }
   });
 
+  it('the primary commits every worker\u2019s audit rows into the one chain, each before its response', async () => {
+    const k = await d.createKey('audited across workers', 'aes256-gcm96');
+    // concurrent requests over fresh connections land on both workers
+    const ids = Array.from({ length: 40 }, (_, i) => `cluster-audit-${i}`);
+    const replies = await Promise.all(
+      ids.map((id) => d.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' }, { headers: { connection: 'close', 'x-request-id': id } })),
+    );
+    expect(replies.map((r) => r.status)).to.deep.equal(ids.map(() => 200));
+    // each response was sent after its record committed: all are there at once, no waiting
+    const a = await d.get(`/audit?keyIdentity=${k.identity}&action=kms.encrypt&limit=100`);
+    expect(a.body.events.map((e: any) => e.requestId).sort()).to.deep.equal([...ids].sort());
+    const v = await d.call('GET', '/v1/kms/audit/verify');
+    expect(v.body.valid).to.equal(true);
+    const seqs = a.body.events.map((e: any) => e.seq);
+    expect(new Set(seqs).size).to.equal(seqs.length);
+  });
+
   it('restarts a worker that crashed', async () => {
     const before = await workerPids(d);
     const victim = [...before][0]!;

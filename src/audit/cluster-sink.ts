@@ -1,0 +1,71 @@
+import cluster from 'node:cluster';
+import { Database } from '../store/database.js';
+import { AuditChainWriter, type AuditSink, type StoredAuditEventDraft } from './audit-log.js';
+import { CommitQueue } from './commit-queue.js';
+
+interface Submit {
+  kmsdAudit: { id: number; events: StoredAuditEventDraft[] };
+}
+interface Done {
+  kmsdAuditDone: { id: number; error?: string };
+}
+
+/**
+ * In a multi-worker kmsd the primary is the one audit writer, and workers send it their rows.
+ * Why: with a writer per worker, every commit of one moved the chain's head under the other's
+ * guarded INSERT (a retry) and both queued on SQLite's write lock with its sleep-and-retry busy
+ * handler; two workers served fewer audited requests than one (measured: 2,300 vs 3,100 req/s
+ * encrypt; 5,000+ with audit off). One writer coalesces every worker's rows into each commit.
+ */
+export class ClusterAuditSink implements AuditSink {
+  readonly pipelined = true;
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+
+  constructor() {
+    process.on('message', (m: Partial<Done>) => {
+      const d = m?.kmsdAuditDone;
+      if (!d) return;
+      const w = this.waiting.get(d.id);
+      this.waiting.delete(d.id);
+      if (d.error) w?.reject(new Error(`audit commit failed: ${d.error}`));
+      else w?.resolve();
+    });
+  }
+
+  append(events: StoredAuditEventDraft[]): Promise<void> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      process.send!({ kmsdAudit: { id, events } } satisfies Submit, undefined, undefined, (err: Error | null) => {
+        if (!err) return;
+        this.waiting.delete(id);
+        reject(new Error(`audit writer (primary) unreachable: ${err.message}`));
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const until = Date.now() + 5000;
+    while (this.waiting.size && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** The primary's side: commits what the workers send, coalesced, and answers each worker. */
+export async function serveClusterAudit(dataDir: string): Promise<{ close(): Promise<void> }> {
+  const db = await Database.open(dataDir);
+  const queue = new CommitQueue(new AuditChainWriter(db));
+  cluster.on('message', (worker, m: Partial<Submit>) => {
+    const s = m?.kmsdAudit;
+    if (!s) return;
+    queue.submit(s.events, (error) => {
+      if (worker.isConnected()) worker.send({ kmsdAuditDone: { id: s.id, error } } satisfies Done);
+    });
+  });
+  return {
+    async close() {
+      while (!queue.idle) await new Promise((r) => setTimeout(r, 5));
+      await db.close();
+    },
+  };
+}
