@@ -36,6 +36,8 @@ const CLOCK_SETTING = 'clock_offset_ms';
 const SESSIONS_PER_REGION = 8;
 /** Session working copies of secret keys per region (see RegionToken): ~1 KB each in the token. */
 const WORKING_COPIES_PER_REGION = 10_000;
+/** Threads that run C_SignInit + C_Sign off the event loop (see token/signer-threads.ts). */
+const SIGNER_THREADS_PER_REGION = 2;
 
 export interface RunningDaemon {
   services: Services;
@@ -101,7 +103,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       if (!t) timers.set(op, (t = metrics.tokenOp.labels(r.name, op)));
       t.observe(seconds);
     };
-    tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION, workingCopies: WORKING_COPIES_PER_REGION }, timer));
+    tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION, workingCopies: WORKING_COPIES_PER_REGION, signerThreads: SIGNER_THREADS_PER_REGION }, timer));
   }
   // The registry's on-connect step needs the key service, which needs the registry: bound below.
   // eslint-disable-next-line prefer-const
@@ -216,7 +218,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       await scheduler.stop();
       await audit.close();
       await db.close();
-      regions.stop();
+      await regions.stop();
       log.info('kmsd stopped');
     })());
 

@@ -3,6 +3,7 @@ import { CKM_CHACHA20_POLY1305, CKM_EDDSA, HASH_MECH, type HashName } from './co
 import { TokenError, toTokenError } from './errors.js';
 import { Pkcs11Library } from './module.js';
 import { TokenSessionPool } from './session-pool.js';
+import { SignerThreads } from './signer-threads.js';
 import { keyPairTemplate, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
 
 const { CKA_CLASS, CKA_ID, CKO_SECRET_KEY, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY } = pkcs11js;
@@ -19,6 +20,8 @@ export interface TokenSettings {
   sessions: number;
   /** At most this many session working copies of secret keys (0: operate on token objects). */
   workingCopies?: number;
+  /** Worker threads that run asymmetric signing (0: pkcs11js C_SignAsync from the main thread). */
+  signerThreads?: number;
 }
 
 export interface TokenOpTimer {
@@ -70,10 +73,14 @@ export class RegionToken {
   model = '';
   serial = '';
 
+  private readonly signer?: SignerThreads;
+
   constructor(
     readonly settings: TokenSettings,
     private readonly timer: TokenOpTimer = () => {},
-  ) {}
+  ) {
+    if ((settings.signerThreads ?? 0) > 0) this.signer = new SignerThreads(settings.modulePath, settings.signerThreads!);
+  }
 
   get available(): boolean {
     return this.down === undefined;
@@ -142,6 +149,17 @@ export class RegionToken {
     this.down = 'closed';
   }
 
+  /** Final shutdown: also stops the signing threads. */
+  async shutdown(): Promise<void> {
+    this.close();
+    await this.signer?.close();
+  }
+
+  /** An operation is in flight off the main thread (the library must not be re-initialised now). */
+  get busy(): boolean {
+    return (this.pool?.busy ?? 0) > 0 || (this.signer?.inFlight ?? 0) > 0;
+  }
+
   /**
    * Takes the region out of service (503 for new requests) and waits until no async operation
    * is in flight, so the library can be re-initialised under it. Sync operations cannot be in
@@ -151,7 +169,7 @@ export class RegionToken {
     const pool = this.pool;
     this.down = reason;
     const until = Date.now() + timeoutMs;
-    while (pool && pool.busy > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    while (((pool?.busy ?? 0) > 0 || (this.signer?.inFlight ?? 0) > 0) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
   }
 
   /** Marks the region down after a device-class failure; the daemon's retry loop reconnects. */
@@ -554,10 +572,32 @@ export class RegionToken {
   // ---- asymmetric (async) -----------------------------------------------------------------
 
   sign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
+    if (this.signer?.usable) return this.signOnThreads(ckaId, mechanism, data);
     return this.withSessionAndHandle(ckaId, 'private', 'sign', (p11, s, h) => {
       p11.C_SignInit(s, mechanism, h);
       return p11.C_SignAsync(s, input(data), Buffer.allocUnsafe(1024));
     });
+  }
+
+  private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
+    void this.p11; // throws 503 while the region is down
+    const started = performance.now();
+    const attempt = () => this.signer!.sign(this.connections, this.slot!, this.handle(ckaId, 'private'), mechanism, input(data));
+    try {
+      try {
+        return await attempt();
+      } catch (e) {
+        if (!this.signer!.usable) return await this.sign(ckaId, mechanism, data); // a thread died: the async path
+        const err = toTokenError(e, 'sign');
+        if (err.kind !== 'staleHandle') throw err;
+        this.forget(ckaId);
+        return await attempt();
+      }
+    } catch (e) {
+      return this.fail(e, 'sign');
+    } finally {
+      this.timer('sign', (performance.now() - started) / 1000);
+    }
   }
 
   async verify(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, signature: Buffer): Promise<boolean> {

@@ -87,7 +87,7 @@ export class RegionRegistry {
     const lib = Pkcs11Library.get(path);
     if (!lib) return;
     const siblings = [...this.tokens.values()].filter((o) => o.settings.modulePath === path);
-    if (siblings.some((o) => o.available)) return;
+    if (siblings.some((o) => o.available || o.busy)) return;
     for (const o of siblings) o.close();
     lib.reinitialize();
   }
@@ -126,9 +126,9 @@ export class RegionRegistry {
     this.timer.unref();
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
-    for (const t of this.tokens.values()) t.close();
+    await Promise.all([...this.tokens.values()].map((t) => t.shutdown()));
   }
 
   has(region: string): boolean {

@@ -31,6 +31,32 @@ describe('two daemons on one token: objects created by the other become visible'
     }
     expect(a.alive && b.alive).to.equal(true);
   });
+
+  it('signing threads reopen their sessions after the library is re-initialised', async () => {
+    const a = stack.daemons[0]!;
+    const b = stack.daemons[1]!;
+    const ed = await b.createKey('signer-threads', 'ed25519');
+    const sign = async () => {
+      const r = await b.post(`/keys/${ed.identity}/sign`, { input: 'c2lnbiBtZQ==' });
+      expect(r.status, JSON.stringify(r.body)).to.equal(200);
+      const v = await a.post(`/keys/${ed.identity}/verify`, { input: 'c2lnbiBtZQ==', signature: r.body.signature });
+      expect(v.body.valid).to.equal(true);
+    };
+    await Promise.all([sign(), sign(), sign(), sign()]); // both threads have a session now
+    const reinits = () => b.logs.split('re-initialised the PKCS#11 library').length - 1;
+    const before = reinits();
+    // force B to re-read the token (the generation skip of the test above): its library is re-initialised
+    const ka = await a.createKey('reinit-trigger', 'aes256-gcm96');
+    await b.createKey('reinit-trigger-b', 'aes256-gcm96');
+    await waitFor('B sees A\u2019s key', async () => (await b.post(`/keys/${ka.identity}/encrypt`, { plaintext: 'aGk=' })).status === 200, 20_000, 100);
+    await waitFor('B signs again', async () => {
+      const r = await b.post(`/keys/${ed.identity}/sign`, { input: 'c2lnbiBtZQ==' });
+      expect([200, 503]).to.include(r.status);
+      return r.status === 200;
+    }, 20_000, 100);
+    await Promise.all([sign(), sign(), sign(), sign()]);
+    expect(reinits()).to.be.greaterThan(before);
+  });
 });
 
 describe('two kmsd installations sharing one token never touch each other’s objects', function () {
