@@ -5,6 +5,8 @@
  */
 export class Clock {
   private offsetMs = 0;
+  /** The last ISO string made, by its millisecond: every audit record asks, often many per ms. */
+  private lastIso = { ms: NaN, iso: '' };
 
   now(): Date {
     return new Date(Date.now() + this.offsetMs);
@@ -13,7 +15,9 @@ export class Clock {
     return Date.now() + this.offsetMs;
   }
   nowIso(): string {
-    return this.now().toISOString();
+    const ms = this.nowMs();
+    if (ms !== this.lastIso.ms) this.lastIso = { ms, iso: new Date(ms).toISOString() };
+    return this.lastIso.iso;
   }
   get offset(): number {
     return this.offsetMs;
