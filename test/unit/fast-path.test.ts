@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { withFastPath } from '../../src/api/fast-path.js';
 import type { ApiRequest } from '../../src/api/handler.js';
 import type { CryptoOperation } from '../../src/api/routes/crypto.js';
@@ -86,6 +86,25 @@ describe('fast path: routing decisions and body parsing (stub operations)', () =
     const r = await post('/v1/kms/r/keys/k/fails', '{}');
     expect(r.status).to.equal(500);
     expect(r.body.code).to.equal('InternalError');
+    expect((await post('/v1/kms/r/keys/k/encrypt', '{}')).status).to.equal(200);
+  });
+
+  it('a client that hangs up mid-body runs nothing, and the server goes on', async () => {
+    const before = seen.length;
+    const port = (server.address() as AddressInfo).port;
+    for (const hardReset of [false, true])
+      await new Promise<void>((resolve) => {
+        const sock = net.connect(port, '127.0.0.1', () => {
+          sock.write('POST /v1/kms/r/keys/k/encrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"plaintext":');
+          setTimeout(() => {
+            if (hardReset) sock.resetAndDestroy();
+            else sock.destroy();
+            resolve();
+          }, 30);
+        });
+      });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(seen.length).to.equal(before);
     expect((await post('/v1/kms/r/keys/k/encrypt', '{}')).status).to.equal(200);
   });
 
