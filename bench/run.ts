@@ -449,27 +449,31 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
 
   if (phase('api')) {
     // single encrypt + event-loop delay under it
-    log(`encrypt, 32 B, ${Q.connections} connections, ${Q.httpSec} s (+ /healthz probe every 10 ms)`);
+    // Throughput is measured like the echo's (no other load); the event-loop figures come from a
+    // second encrypt run with the /healthz prober, whose own process competes for the two cores.
+    log(`encrypt, 32 B, ${Q.connections} connections, ${Q.httpSec} s; then again with a /healthz probe every 10 ms`);
     await attempt(
       'encrypt',
       async () => {
         const body = encryptBody();
         await precheck(d, pathOf(keys.aes, 'encrypt'), body);
-        const { r, probe } = await measure(
+        const { r } = await measure({ url: url(keys.aes, 'encrypt'), body, headers }, { serverPid: d.proc.pid });
+        const { r: underProbe, probe } = await measure(
           { url: url(keys.aes, 'encrypt'), body, headers },
           { probe: { url: `${d.url}/healthz` }, serverPid: d.proc.pid, beforeRun: () => loopDelayMaxMs(d) /* resets the in-process max */ },
         );
         const p = probe!;
         const loopMax = await loopDelayMaxMs(d);
         B['encrypt-1proc'] = { value: r.reqPerSec, unit: 'req/s' };
-        log(`  encrypt: ${r.reqPerSec.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms; healthz probe p99 ${p.p99.toFixed(1)} ms max ${p.max.toFixed(1)} ms; loop max ${loopMax?.toFixed(1) ?? 'n/a'} ms; ${cpuText(r)}`);
+        log(`  encrypt: ${r.reqPerSec.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms; ${cpuText(r)}`);
+        log(`  encrypt with the probe: ${underProbe.reqPerSec.toFixed(0)} req/s; healthz probe p99 ${p.p99.toFixed(1)} ms max ${p.max.toFixed(1)} ms; loop max ${loopMax?.toFixed(1) ?? 'n/a'} ms`);
         goalRow('encrypt', `POST …/encrypt, 32 B, ${Q.connections} conns, 1 process`, r.reqPerSec, 'req/s', 'express-echo', '>=', 0.8, {
           note: [loadNote(r), cpuText(r)].filter(Boolean).join('; '),
           detail: loadDetail(r),
         });
         infoRow('encrypt:p50', 'encrypt p50 latency', r.p50, 'ms', 'express-echo:p50');
         goalRow('encrypt:p99', 'encrypt p99 latency', r.p99, 'ms', 'express-echo:p99', '<=', 1.5);
-        const probeDetail = { probes: p.probes, failures: p.failures, p50: p.p50, p99: p.p99, max: p.max };
+        const probeDetail = { probes: p.probes, failures: p.failures, p50: p.p50, p99: p.p99, max: p.max, encryptReqPerSec: underProbe.reqPerSec };
         if (loopMax !== undefined) {
           goalRow('event-loop', 'event-loop delay max under the encrypt load (kmsd_event_loop_delay_max_seconds)', loopMax, 'ms', null, '<=', 50, { detail: probeDetail });
           infoRow('event-loop:probe', `GET /healthz every 10 ms during the encrypt load: p99 / max ${p.p99.toFixed(1)} / ${p.max.toFixed(1)} ms (outside proxy)`, p.max, 'ms', undefined, undefined, probeDetail);
