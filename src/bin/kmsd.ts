@@ -39,7 +39,13 @@ const workers = config.workers === 0 ? os.availableParallelism() : config.worker
 
 if (workers > 1 && cluster.isPrimary) {
   const { runSupervisor } = await import('../cluster/supervisor.js');
-  await runSupervisor(workers, config.logLevel, config.dataDir);
+  try {
+    await runSupervisor(workers, config.logLevel, config.dataDir);
+  } catch (e) {
+    // e.g. the data dir cannot be opened for the cluster's audit writer
+    process.stderr.write(`kmsd: failed to start: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
 } else {
   const { startDaemon } = await import('../daemon.js');
   const { createLogger } = await import('../log.js');

@@ -55,8 +55,12 @@ export class RegionToken {
   private allSessions: pkcs11js.Handle[] = [];
   private syncSession?: pkcs11js.Handle;
   private readonly handles = new Map<string, pkcs11js.Handle>();
-  /** Secret-key working copies (session objects) by cache key; oldest first. */
-  private readonly working = new Map<string, pkcs11js.Handle>();
+  /**
+   * Secret-key handles for symmetric operations by cache key, oldest first: a working copy
+   * (`copied`, a session object this class destroys) or, for a key the token would not copy,
+   * the token object itself (never destroyed here).
+   */
+  private readonly working = new Map<string, { handle: pkcs11js.Handle; copied: boolean }>();
   /** The session that owns the working copies; never used for operations, so never renewed. */
   private holderSession?: pkcs11js.Handle;
   private down: string | undefined = 'not connected yet';
@@ -320,7 +324,9 @@ export class RegionToken {
 
   /** Number of live working copies (metrics and tests). */
   get workingCopies(): number {
-    return this.working.size;
+    let n = 0;
+    for (const e of this.working.values()) if (e.copied) n++;
+    return n;
   }
 
   /**
@@ -329,31 +335,31 @@ export class RegionToken {
    */
   private secretHandle(ckaId: Buffer): pkcs11js.Handle {
     const key = cacheKey(CKO_SECRET_KEY, ckaId);
-    const copy = this.working.get(key);
-    if (copy) return copy;
+    const known = this.working.get(key);
+    if (known) return known.handle;
     const original = this.handle(ckaId, 'secret');
     const cap = this.settings.workingCopies ?? 0;
     if (cap <= 0) return original;
-    let made: pkcs11js.Handle;
+    let entry: { handle: pkcs11js.Handle; copied: boolean };
     try {
-      made = this.p11.C_CopyObject(this.holderSession!, original, [{ type: pkcs11js.CKA_TOKEN, value: false }]);
+      entry = { handle: this.p11.C_CopyObject(this.holderSession!, original, [{ type: pkcs11js.CKA_TOKEN, value: false }]), copied: true };
     } catch (e) {
       const err = toTokenError(e, 'C_CopyObject');
       if (err.kind === 'staleHandle' || err.kind === 'unavailable') throw err;
-      made = original; // not copyable: remember that, so the copy is not retried per request
+      entry = { handle: original, copied: false }; // not copyable: remembered, so the copy is not retried per request
     }
     if (this.working.size >= cap) this.dropWorkingCopy(this.working.keys().next().value!);
-    this.working.set(key, made);
-    return made;
+    this.working.set(key, entry);
+    return entry.handle;
   }
 
   private dropWorkingCopy(key: string): void {
-    const copy = this.working.get(key);
-    if (copy === undefined) return;
+    const entry = this.working.get(key);
+    if (entry === undefined) return;
     this.working.delete(key);
-    if (copy.equals(this.handles.get(key) ?? NO_HANDLE) || !this.lib || this.down !== undefined) return;
+    if (!entry.copied || !this.lib || this.down !== undefined) return; // a token object is never destroyed here
     try {
-      this.lib.p11.C_DestroyObject(this.holderSession!, copy);
+      this.lib.p11.C_DestroyObject(this.holderSession!, entry.handle);
     } catch {
       /* already gone with its session */
     }
@@ -738,7 +744,6 @@ export class RegionToken {
  * with length 0: the empty input the caller meant, still computed in the token.
  */
 const NON_NULL_EMPTY = Buffer.alloc(1).subarray(0, 0);
-const NO_HANDLE = Buffer.alloc(0);
 const input = (b: Buffer): Buffer => (b.length ? b : NON_NULL_EMPTY);
 
 function cacheKey(cls: number, ckaId: Buffer): string {

@@ -27,6 +27,8 @@ export interface WorkingCopyReport {
   afterDestroy: { copies: number; sessionObjectsA: number; tokenObjectsA: number };
   /** with workingCopies 0: operations use the token object, no copy */
   disabled: { copies: number; sessionObjects: number };
+  /** a key made with CKA_COPYABLE false: used directly, and forgetting it never destroys it */
+  notCopyable: { encrypts: boolean; copies: number; sessionObjects: number; tokenObjectsAfterForget: number; encryptsAfterForget: boolean };
 }
 
 export function probeWorkingCopies(stack: TestStack, label: string): WorkingCopyReport {
@@ -112,6 +114,36 @@ async function main(label: string, pin: string): Promise<WorkingCopyReport> {
   report.afterDestroy = { copies: t.workingCopies, sessionObjectsA: find(a, false).length, tokenObjectsA: find(a, true).length };
   await t.destroy(b);
   await t.destroy(c);
+
+  // A key the token refuses to copy (made here, in the probe's own session, like another tool would).
+  const n = Buffer.from(`probe/n/${randomBytes(4).toString('hex')}`);
+  const rw = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+  p.C_GenerateKey(rw, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_ENCRYPT, value: true },
+    { type: pkcs11js.CKA_DECRYPT, value: true },
+    { type: 0x171 /* CKA_COPYABLE */, value: false },
+    { type: pkcs11js.CKA_ID, value: n },
+  ]);
+  const copiesBefore = t.workingCopies;
+  const encN = t.aesGcmEncrypt(n, iv, aad, plaintext);
+  const copiesN = t.workingCopies - copiesBefore;
+  const sessionN = find(n, false).length;
+  t.forget(n);
+  report.notCopyable = {
+    encrypts: encN.length === plaintext.length + 16,
+    copies: copiesN,
+    sessionObjects: sessionN,
+    tokenObjectsAfterForget: find(n, true).length,
+    encryptsAfterForget: t.aesGcmEncrypt(n, iv, aad, plaintext).equals(encN),
+  };
+  await t.destroy(n);
   t.close();
 
   const plain = new RegionToken({ ...settings, workingCopies: 0 });

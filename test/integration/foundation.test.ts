@@ -170,6 +170,8 @@ describe('foundation: config, auth, token layer, store, readiness, shutdown', fu
       expect(r.afterCap).to.deep.equal({ copies: 2, sessionObjects: 2, sessionObjectsA: 1, allThreeEncrypt: true });
       expect(r.afterDestroy).to.deep.equal({ copies: 1, sessionObjectsA: 0, tokenObjectsA: 0 });
       expect(r.disabled).to.deep.equal({ copies: 0, sessionObjects: 0 });
+      // a key the token refuses to copy is used directly, and dropping it from the cache never destroys it
+      expect(r.notCopyable).to.deep.equal({ encrypts: true, copies: 0, sessionObjects: 0, tokenObjectsAfterForget: 1, encryptsAfterForget: true });
     });
 
     it('migrations are versioned and re-running them applies nothing', async () => {
