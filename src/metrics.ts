@@ -75,18 +75,24 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  private readonly requestChildren = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
+  /** Labelled children by label values, made once: no label hashing on the hot path. */
+  private readonly children = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
 
-  /** Per-request metrics through cached label children: no label hashing on the hot path. */
-  observeRequest(route: string, method: string, status: number, seconds: number): void {
-    const key = `${method} ${route} ${status}`;
-    let c = this.requestChildren.get(key);
-    if (!c) {
-      c = { count: this.httpRequests.labels(route, method, String(status)), time: this.httpDuration.labels(route, method) };
-      this.requestChildren.set(key, c);
-    }
+  private observe(key: string, make: () => { count: { inc(): void }; time: { observe(v: number): void } }, seconds: number): void {
+    let c = this.children.get(key);
+    if (!c) this.children.set(key, (c = make()));
     c.count.inc();
     c.time.observe(seconds);
+  }
+
+  /** One HTTP request: count by route, method and status; latency by route and method. */
+  observeRequest(route: string, method: string, status: number, seconds: number): void {
+    this.observe(`http ${method} ${route} ${status}`, () => ({ count: this.httpRequests.labels(route, method, String(status)), time: this.httpDuration.labels(route, method) }), seconds);
+  }
+
+  /** One XKS request: count by operation and outcome; latency by operation. */
+  observeXks(operation: string, outcome: string, seconds: number): void {
+    this.observe(`xks ${operation} ${outcome}`, () => ({ count: this.xksRequests.labels(operation, outcome), time: this.xksDuration.labels(operation) }), seconds);
   }
 
   /** Max and p99 event-loop delay since the previous scrape: proves no HSM call blocks the loop. */

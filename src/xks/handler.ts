@@ -142,8 +142,7 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       if (err.status === 405) extra.allow = 'POST';
       send(res, err.status, errorBody(err), requestId, extra);
     } finally {
-      s.metrics.xksRequests.inc({ operation, outcome });
-      s.metrics.xksDuration.observe({ operation }, (performance.now() - started) / 1000);
+      s.metrics.observeXks(operation, outcome, (performance.now() - started) / 1000);
     }
   };
 }
