@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pkcs11js from 'pkcs11js';
 import { RegionToken } from '../../src/token/region-token.js';
+import { secretKeyTemplate } from '../../src/token/templates.js';
 import { SOFTHSM_LIB } from './paths.js';
 import type { TestStack } from './stack.js';
 
@@ -118,19 +119,8 @@ async function main(label: string, pin: string): Promise<WorkingCopyReport> {
   // A key the token refuses to copy (made here, in the probe's own session, like another tool would).
   const n = Buffer.from(`probe/n/${randomBytes(4).toString('hex')}`);
   const rw = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-  p.C_GenerateKey(rw, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
-    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-    { type: pkcs11js.CKA_TOKEN, value: true },
-    { type: pkcs11js.CKA_PRIVATE, value: true },
-    { type: pkcs11js.CKA_SENSITIVE, value: true },
-    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-    { type: pkcs11js.CKA_ENCRYPT, value: true },
-    { type: pkcs11js.CKA_DECRYPT, value: true },
-    { type: 0x171 /* CKA_COPYABLE */, value: false },
-    { type: pkcs11js.CKA_ID, value: n },
-  ]);
+  const { mechanism, template } = secretKeyTemplate({ kind: 'aes', bytes: 32 }, { ckaId: n, label: 'probe', extractable: false });
+  p.C_GenerateKey(rw, { mechanism }, [...template, { type: 0x171 /* CKA_COPYABLE */, value: false }]);
   const copiesBefore = t.workingCopies;
   const encN = t.aesGcmEncrypt(n, iv, aad, plaintext);
   const copiesN = t.workingCopies - copiesBefore;
