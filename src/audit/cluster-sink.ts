@@ -1,7 +1,7 @@
 import cluster from 'node:cluster';
 import { Database } from '../store/database.js';
 import { AuditChainWriter, type AuditSink, type StoredAuditEventDraft } from './audit-log.js';
-import { CommitQueue } from './commit-queue.js';
+import { CommitQueue, PendingAppends } from './commit-queue.js';
 
 interface Submit {
   kmsdAudit: { id: number; events: StoredAuditEventDraft[] };
@@ -19,35 +19,25 @@ interface Done {
  */
 export class ClusterAuditSink implements AuditSink {
   readonly pipelined = true;
-  private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private readonly pending = new PendingAppends();
 
   constructor() {
     process.on('message', (m: Partial<Done>) => {
-      const d = m?.kmsdAuditDone;
-      if (!d) return;
-      const w = this.waiting.get(d.id);
-      this.waiting.delete(d.id);
-      if (d.error) w?.reject(new Error(`audit commit failed: ${d.error}`));
-      else w?.resolve();
+      if (m?.kmsdAuditDone) this.pending.settle(m.kmsdAuditDone.id, m.kmsdAuditDone.error);
     });
   }
 
   append(events: StoredAuditEventDraft[]): Promise<void> {
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
+    return this.pending.add((id) =>
       process.send!({ kmsdAudit: { id, events } } satisfies Submit, undefined, undefined, (err: Error | null) => {
-        if (!err) return;
-        this.waiting.delete(id);
-        reject(new Error(`audit writer (primary) unreachable: ${err.message}`));
-      });
-    });
+        if (err) this.pending.fail(id, new Error(`audit writer (primary) unreachable: ${err.message}`));
+      }),
+    );
   }
 
   async close(): Promise<void> {
     const until = Date.now() + 5000;
-    while (this.waiting.size && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    while (this.pending.size && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
   }
 }
 

@@ -51,3 +51,44 @@ export class CommitQueue {
     this.busy = false;
   }
 }
+
+/**
+ * The submitting side of a writer in another thread or process: each append gets an id, is
+ * posted, and its promise settles when the writer answers for that id.
+ */
+export class PendingAppends {
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+
+  /** Posts through `post(id)` and resolves once the writer reports the id committed. */
+  add(post: (id: number) => void): Promise<void> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      post(id);
+    });
+  }
+
+  settle(id: number, error?: string): void {
+    const w = this.waiting.get(id);
+    this.waiting.delete(id);
+    if (error) w?.reject(new Error(`audit commit failed: ${error}`));
+    else w?.resolve();
+  }
+
+  /** The writer is gone: every append still waiting fails. */
+  failAll(e: Error): void {
+    for (const w of this.waiting.values()) w.reject(e);
+    this.waiting.clear();
+  }
+
+  /** The writer could not be reached for this one append. */
+  fail(id: number, e: Error): void {
+    this.waiting.get(id)?.reject(e);
+    this.waiting.delete(id);
+  }
+
+  get size(): number {
+    return this.waiting.size;
+  }
+}

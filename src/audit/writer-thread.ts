@@ -7,7 +7,7 @@
 import { parentPort, Worker, workerData } from 'node:worker_threads';
 import { Database } from '../store/database.js';
 import { AuditChainWriter, type AuditSink, type StoredAuditEventDraft } from './audit-log.js';
-import { CommitQueue } from './commit-queue.js';
+import { CommitQueue, PendingAppends } from './commit-queue.js';
 
 interface Submit {
   id: number;
@@ -38,23 +38,14 @@ async function runWriter(dataDir: string): Promise<void> {
 /** The main-thread side: an AuditSink backed by the writer thread. */
 export class ThreadedAuditSink implements AuditSink {
   readonly pipelined = true;
-  private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private readonly pending = new PendingAppends();
 
   private constructor(private readonly worker: Worker) {
     worker.on('message', (m: Reply | 'ready') => {
       if (m === 'ready') return;
-      for (const id of m.ids) {
-        const w = this.waiting.get(id);
-        this.waiting.delete(id);
-        if (m.error) w?.reject(new Error(`audit commit failed: ${m.error}`));
-        else w?.resolve();
-      }
+      for (const id of m.ids) this.pending.settle(id, m.error);
     });
-    worker.on('error', (e) => {
-      for (const w of this.waiting.values()) w.reject(e);
-      this.waiting.clear();
-    });
+    worker.on('error', (e) => this.pending.failAll(e));
   }
 
   static async start(dataDir: string): Promise<ThreadedAuditSink> {
@@ -67,11 +58,7 @@ export class ThreadedAuditSink implements AuditSink {
   }
 
   append(events: StoredAuditEventDraft[]): Promise<void> {
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
-      this.worker.postMessage({ id, events } satisfies Submit);
-    });
+    return this.pending.add((id) => this.worker.postMessage({ id, events } satisfies Submit));
   }
 
   async close(): Promise<void> {

@@ -7,7 +7,7 @@ import { CURVE_OIDS, type CurveName, type HashName } from '../token/constants.js
 import { TokenError } from '../token/errors.js';
 import { rsaPublicKeyObject } from '../token/public-key.js';
 import { oaep, type RegionToken } from '../token/region-token.js';
-import { keyPairTemplate, unwrapTemplate, type ObjectOptions, type TokenKeySpec } from '../token/templates.js';
+import { ephemeralWrapKeyTemplate, keyPairTemplate, unwrapTemplate, type ObjectOptions, type TokenKeySpec } from '../token/templates.js';
 
 const P = pkcs11js;
 type Handle = pkcs11js.Handle;
@@ -44,15 +44,8 @@ function sessionSecret(keyType: number, extractable: boolean, usage: Template = 
 }
 
 /** An AES-256 session key made by the token's RNG, able to wrap (never to encrypt data). */
-function ephemeralWrapKey(token: RegionToken, extractable: boolean): Promise<Handle> {
-  return token.generateKeyRaw(P.CKM_AES_KEY_GEN, [
-    ...sessionSecret(P.CKK_AES, extractable, [
-      { type: P.CKA_WRAP, value: true },
-      { type: P.CKA_ENCRYPT, value: false },
-      { type: P.CKA_DECRYPT, value: false },
-    ]),
-    { type: P.CKA_VALUE_LEN, value: 32 },
-  ]);
+function ephemeralWrapKey(token: RegionToken, o: { extractable: boolean; sensitive?: boolean }): Promise<Handle> {
+  return token.generateKeyRaw(P.CKM_AES_KEY_GEN, ephemeralWrapKeyTemplate(o));
 }
 
 /**
@@ -173,7 +166,7 @@ export async function materialize(token: RegionToken, keyType: KeyType, target: 
  * pins the length exactly when the top of the window is one of those.
  */
 async function secretLength(token: RegionToken, u: Unwrapper): Promise<{ min: number; max: number }> {
-  const kek = await ephemeralWrapKey(token, false);
+  const kek = await ephemeralWrapKey(token, { extractable: false });
   try {
     const copy = await u(sessionSecret(P.CKK_GENERIC_SECRET, true));
     try {
@@ -323,7 +316,7 @@ export async function wrapForCaller(token: RegionToken, key: Handle, callerKey: 
     { type: P.CKA_VERIFY, value: false },
   ]);
   try {
-    const ephemeral = await ephemeralWrapKey(token, true);
+    const ephemeral = await ephemeralWrapKey(token, { extractable: true });
     try {
       const rsaPart = await token.wrap(oaep(hash), callerObject, ephemeral);
       const kwpPart = await token.wrap(KWP, ephemeral, key);
@@ -344,16 +337,7 @@ export async function wrapForCaller(token: RegionToken, key: Handle, callerKey: 
  * only because the operator asked for plaintext.
  */
 export async function exportPlaintext(token: RegionToken, key: Handle): Promise<Buffer> {
-  const ephemeral = await token.generateKeyRaw(P.CKM_AES_KEY_GEN, [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: false },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_WRAP, value: true },
-    { type: P.CKA_VALUE_LEN, value: 32 },
-  ]);
+  const ephemeral = await ephemeralWrapKey(token, { extractable: true, sensitive: false });
   try {
     const wrapped = await token.wrap(KWP, ephemeral, key);
     const kek = token.readAttributesByHandle(ephemeral, [P.CKA_VALUE]).get(P.CKA_VALUE)!;

@@ -4,6 +4,7 @@ import pkcs11js from 'pkcs11js';
 import { readSecret } from '../config/load.js';
 import { CURVE_OIDS, type HashName } from '../token/constants.js';
 import { oaep } from '../token/region-token.js';
+import { ephemeralWrapKeyTemplate } from '../token/templates.js';
 
 const P = pkcs11js;
 
@@ -218,16 +219,7 @@ class SourceToken {
       { type: P.CKA_WRAP, value: true },
     ]);
     try {
-      const ephemeral = p11.C_GenerateKey(s, { mechanism: P.CKM_AES_KEY_GEN }, [
-        { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-        { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-        { type: P.CKA_TOKEN, value: false },
-        { type: P.CKA_PRIVATE, value: true },
-        { type: P.CKA_SENSITIVE, value: true },
-        { type: P.CKA_EXTRACTABLE, value: true },
-        { type: P.CKA_WRAP, value: true },
-        { type: P.CKA_VALUE_LEN, value: 32 },
-      ]);
+      const ephemeral = p11.C_GenerateKey(s, { mechanism: P.CKM_AES_KEY_GEN }, ephemeralWrapKeyTemplate({ extractable: true }));
       try {
         for (const hash of hashes) {
           let rsaPart: Buffer;

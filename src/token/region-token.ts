@@ -3,6 +3,7 @@ import { CKM_CHACHA20_POLY1305, CKM_EDDSA, HASH_MECH, type HashName } from './co
 import { TokenError, toTokenError } from './errors.js';
 import { Pkcs11Library } from './module.js';
 import { TokenSessionPool } from './session-pool.js';
+import { input } from './input.js';
 import { SignerThreads } from './signer-threads.js';
 import { keyPairTemplate, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
 
@@ -170,10 +171,9 @@ export class RegionToken {
    * flight while this (JS-thread) code runs.
    */
   async drain(reason: string, timeoutMs = 5000): Promise<void> {
-    const pool = this.pool;
     this.down = reason;
     const until = Date.now() + timeoutMs;
-    while (((pool?.busy ?? 0) > 0 || (this.signer?.inFlight ?? 0) > 0) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    while (this.busy && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
   }
 
   /** Marks the region down after a device-class failure; the daemon's retry loop reconnects. */
@@ -370,7 +370,15 @@ export class RegionToken {
    * destroyed and re-created by another process) it re-resolves once.
    */
   private withHandle<T>(ckaId: Buffer, cls: ObjectClass, what: string, fn: (h: pkcs11js.Handle) => T): T {
-    const resolve = cls === 'secret' ? () => this.secretHandle(ckaId) : () => this.handle(ckaId, cls);
+    return this.onHandle(ckaId, what, () => this.handle(ckaId, cls), fn);
+  }
+
+  /** The same on a secret key's working copy: the symmetric operations. */
+  private withWorkingCopy<T>(ckaId: Buffer, what: string, fn: (h: pkcs11js.Handle) => T): T {
+    return this.onHandle(ckaId, what, () => this.secretHandle(ckaId), fn);
+  }
+
+  private onHandle<T>(ckaId: Buffer, what: string, resolve: () => pkcs11js.Handle, fn: (h: pkcs11js.Handle) => T): T {
     try {
       return fn(resolve());
     } catch (e) {
@@ -394,16 +402,15 @@ export class RegionToken {
   ): Promise<T> {
     const p11 = this.p11;
     const started = performance.now();
-    const resolve = cls === 'secret' ? () => this.secretHandle(ckaId) : () => this.handle(ckaId, cls);
     try {
       return await this.pool!.use(async (s) => {
         try {
-          return await fn(p11, s, resolve());
+          return await fn(p11, s, this.handle(ckaId, cls));
         } catch (e) {
           const err = toTokenError(e, what);
           if (err.kind !== 'staleHandle') throw err;
           this.forget(ckaId);
-          return await fn(p11, s, resolve());
+          return await fn(p11, s, this.handle(ckaId, cls));
         }
       }, this.renewSession);
     } catch (e) {
@@ -510,7 +517,7 @@ export class RegionToken {
 
   aesGcmEncrypt(ckaId: Buffer, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
     const started = performance.now();
-    const out = this.withHandle(ckaId, 'secret', 'encrypt', (h) => {
+    const out = this.withWorkingCopy(ckaId, 'encrypt', (h) => {
       const p11 = this.p11;
       const s = this.syncSession!;
       p11.C_EncryptInit(s, gcm(iv, aad), h);
@@ -523,7 +530,7 @@ export class RegionToken {
   /** Several AES-GCM encryptions under one key: one handle lookup and one timing for all. */
   aesGcmEncryptMany(ckaId: Buffer, items: { iv: Buffer; aad: Buffer; plaintext: Buffer }[]): Buffer[] {
     const started = performance.now();
-    const out = this.withHandle(ckaId, 'secret', 'encrypt', (h) => {
+    const out = this.withWorkingCopy(ckaId, 'encrypt', (h) => {
       const p11 = this.p11;
       const s = this.syncSession!;
       return items.map((i) => {
@@ -539,7 +546,7 @@ export class RegionToken {
   aesGcmDecrypt(ckaId: Buffer, iv: Buffer, aad: Buffer, ctAndTag: Buffer): Buffer | undefined {
     const started = performance.now();
     try {
-      return this.withHandle(ckaId, 'secret', 'decrypt', (h) => {
+      return this.withWorkingCopy(ckaId, 'decrypt', (h) => {
         const p11 = this.p11;
         const s = this.syncSession!;
         p11.C_DecryptInit(s, gcm(iv, aad), h);
@@ -556,7 +563,7 @@ export class RegionToken {
 
   hmac(ckaId: Buffer, mechanism: number, data: Buffer): Buffer {
     const started = performance.now();
-    const out = this.withHandle(ckaId, 'secret', 'hmac', (h) => {
+    const out = this.withWorkingCopy(ckaId, 'hmac', (h) => {
       const p11 = this.p11;
       const s = this.syncSession!;
       p11.C_SignInit(s, { mechanism }, h);
@@ -588,7 +595,7 @@ export class RegionToken {
   private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
     void this.p11; // throws 503 while the region is down
     const started = performance.now();
-    const attempt = () => this.signer!.sign(this.connections, this.slot!, this.handle(ckaId, 'private'), mechanism, input(data));
+    const attempt = () => this.signer!.sign(this.connections, this.slot!, this.handle(ckaId, 'private'), mechanism, data);
     try {
       try {
         return await attempt();
@@ -654,18 +661,6 @@ export class RegionToken {
       ]);
       return { kind: 'ec', ecParams: p!.value as Buffer, ecPoint: q!.value as Buffer };
     }
-  }
-
-  /** Reads attributes of an object (tests and `kmsctl` inspect protection flags with it). */
-  readAttributes(ckaId: Buffer, cls: ObjectClass, types: number[]): Map<number, Buffer> {
-    return this.withHandle(ckaId, cls, 'C_GetAttributeValue', (h) => {
-      const attrs = this.p11.C_GetAttributeValue(
-        this.syncSession!,
-        h,
-        types.map((type) => ({ type })),
-      );
-      return new Map(attrs.map((a) => [a.type, a.value as Buffer]));
-    });
   }
 
   // ---- wrapping (BYOK and export) -----------------------------------------------------------
@@ -738,13 +733,6 @@ export class RegionToken {
   }
 }
 
-/**
- * pkcs11js passes an empty Buffer as a NULL pointer; SoftHSM2 answers CKR_ARGUMENTS_BAD and
- * leaves the operation active. A zero-length view into a real allocation is a non-NULL pointer
- * with length 0: the empty input the caller meant, still computed in the token.
- */
-const NON_NULL_EMPTY = Buffer.alloc(1).subarray(0, 0);
-const input = (b: Buffer): Buffer => (b.length ? b : NON_NULL_EMPTY);
 
 function cacheKey(cls: number, ckaId: Buffer): string {
   return `${cls}:${ckaId.toString('hex')}`;

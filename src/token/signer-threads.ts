@@ -13,6 +13,7 @@
  */
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import pkcs11js from 'pkcs11js';
+import { input } from './input.js';
 
 /** Byte fields travel as standalone Uint8Arrays: a pooled Buffer would clone its whole 8 KB slab. */
 interface SignJob {
@@ -28,8 +29,6 @@ type SignReply = { id: number; signature: Uint8Array } | { id: number; error: { 
 
 const own = (b: Buffer): Uint8Array => new Uint8Array(b);
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-/** pkcs11js passes an empty Buffer as NULL (see region-token.ts): a zero-length view of real memory is not. */
-const NON_NULL_EMPTY = Buffer.alloc(1).subarray(0, 0);
 
 const SESSION_FLAGS = pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION;
 const SESSION_GONE = new Set([0xb0 /* CKR_SESSION_CLOSED */, 0xb3 /* CKR_SESSION_HANDLE_INVALID */]);
@@ -46,7 +45,7 @@ function runWorker(modulePath: string): void {
   const sign = (job: SignJob) => {
     const s = open(job);
     p11.C_SignInit(s, job.mechanism, asBuffer(job.key));
-    return p11.C_Sign(s, job.data.byteLength ? asBuffer(job.data) : NON_NULL_EMPTY, Buffer.allocUnsafe(1024));
+    return p11.C_Sign(s, input(asBuffer(job.data)), Buffer.allocUnsafe(1024));
   };
   parentPort!.on('message', (jobs: SignJob[]) => {
     for (const job of jobs) parentPort!.postMessage(run(job));

@@ -145,6 +145,26 @@ export function unwrapTemplate(spec: TokenKeySpec, o: ObjectOptions): Template {
   }
 }
 
+/**
+ * An AES-256 session key that can only wrap: the transport key of BYOK and export, on kmsd's
+ * token or (kmsctl byok) on a source token. Sensitive unless `sensitive: false`, which only
+ * break-glass plaintext export asks for, because it reads the key's value back.
+ */
+export function ephemeralWrapKeyTemplate(o: { extractable: boolean; sensitive?: boolean }): Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: o.sensitive ?? true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: o.extractable },
+    { type: pkcs11js.CKA_WRAP, value: true },
+    { type: pkcs11js.CKA_ENCRYPT, value: false },
+    { type: pkcs11js.CKA_DECRYPT, value: false },
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+  ];
+}
+
 /** An RSA pair for unwrapping only (regional wrapping key, import tokens). */
 export function unwrapKeyPairTemplate(bits: number, o: ObjectOptions) {
   return {
