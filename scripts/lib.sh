@@ -16,6 +16,20 @@ ensure_softhsm() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc >/dev/null
 }
 
+# PostgreSQL 15 from Debian (cluster-mode store tests), only when missing. The test helper
+# (test/helpers/postgres.ts) runs initdb/pg_ctl as the postgres user; no service is started.
+PG_BINDIR="${PG_BINDIR:-/usr/lib/postgresql/15/bin}"
+ensure_postgres() {
+  if [ -x "$PG_BINDIR/initdb" ] && [ -x "$PG_BINDIR/pg_ctl" ] && id postgres >/dev/null 2>&1; then return; fi
+  log "installing postgresql-15 from Debian"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  # no cluster of its own: the tests make throwaway clusters
+  $sudo mkdir -p /etc/postgresql-common/createcluster.conf.d
+  echo 'create_main_cluster = false' | $sudo tee /etc/postgresql-common/createcluster.conf.d/kmsd.conf >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql-15 >/dev/null
+}
+
 # node_modules (with the native builds of pkcs11js and sqlite3) and the compiled dist/.
 ensure_node() {
   cd "$ROOT"
@@ -54,6 +68,7 @@ init_token() {
 # MongoDB-compatible server (mongod when on PATH, else the FerretDB build).
 ensure_test_stack() {
   ensure_softhsm
+  ensure_postgres
   ensure_node
   if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
   ensure_ferretdb

@@ -4,7 +4,6 @@ import cluster from 'node:cluster';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import type { Logger } from 'winston';
 import { createRequestListener } from './api/app.js';
 import type { Services } from './api/services.js';
@@ -25,8 +24,8 @@ import { reconcileRegion } from './rotation/reconcile.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { ChangeFeed } from './store/change-feed.js';
-import { Database } from './store/database.js';
-import { KeysRepository } from './store/keys-repo.js';
+import { openStore } from './store/open.js';
+import type { Store } from './store/store.js';
 import { RegionToken } from './token/region-token.js';
 import { RegionRegistry } from './token/regions.js';
 import type { XksServer } from './xks/server.js';
@@ -47,17 +46,13 @@ export interface RunningDaemon {
 }
 
 /** A random id made once per data dir: names this installation's scheduler job in MongoDB. */
-async function installationId(db: Database): Promise<string> {
-  await db.transaction((tx) =>
-    tx.run("INSERT INTO settings (name, value) VALUES ('installation_id', ?) ON CONFLICT (name) DO NOTHING", [randomBytes(8).toString('hex')]),
-  );
-  const row = await db.get<{ value: string }>("SELECT value FROM settings WHERE name = 'installation_id'");
-  return row!.value;
+function installationId(store: Store): Promise<string> {
+  return store.settings.getOrInit('installation_id', randomBytes(8).toString('hex'));
 }
 
-async function loadClockOffset(db: Database, clock: Clock): Promise<void> {
-  const row = await db.get<{ value: string }>('SELECT value FROM settings WHERE name = ?', [CLOCK_SETTING]);
-  clock.setOffset(row ? Number(row.value) : 0);
+async function loadClockOffset(store: Store, clock: Clock): Promise<void> {
+  const value = await store.settings.get(CLOCK_SETTING);
+  clock.setOffset(value ? Number(value) : 0);
 }
 
 /**
@@ -68,31 +63,34 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const startedAtMs = Date.now();
   const metrics = new Metrics();
   const clock = new Clock();
-  const db = await Database.open(config.dataDir);
-  const repo = new KeysRepository(db);
-  const cache = new KeyCache(repo);
-  const principals = new PrincipalDirectory(config.principals, db);
+  const store = await openStore(config, log, {
+    query: (seconds) => metrics.storeQuery.observe(seconds),
+    failover: () => metrics.storeFailovers.inc(),
+  });
+  const cache = new KeyCache(store.keys);
+  const principals = new PrincipalDirectory(config.principals, store.principals);
   const audit = new AuditLog(
-    db,
+    store.audit,
     clock,
     (n, seconds) => {
       metrics.auditBatch.observe(n);
       metrics.auditCommit.observe(seconds);
     },
-    // A cluster worker sends its rows to the primary (the cluster's one writer); else a writer thread.
-    cluster.isWorker ? new ClusterAuditSink() : await ThreadedAuditSink.start(config.dataDir),
+    // SQLite: a cluster worker sends its rows to the primary (the data dir's one writer); else a
+    // writer thread with its own connection. PostgreSQL: every process appends under the chain lock.
+    store.kind === 'postgres' ? undefined : cluster.isWorker ? new ClusterAuditSink() : await ThreadedAuditSink.start(config.dataDir),
   );
 
-  const feed = new ChangeFeed(path.join(config.dataDir, 'kmsd.generation'), repo, async (ids) => {
+  const feed = new ChangeFeed(store.changeSignal(), store.changes, async (ids) => {
     if (ids.delete(PRINCIPALS_CHANGED)) await principals.reload();
-    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(db, clock);
+    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(store, clock);
     await cache.reload(ids);
   });
   await feed.init();
-  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(db, clock)]);
+  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(store, clock)]);
   if (config.testing.clockControl) log.warn('testing.clockControl is ON: the daemon clock can be moved over HTTP. Never use this in production.');
 
-  const installation = await installationId(db);
+  const installation = await installationId(store);
   const tokens = new Map<string, RegionToken>();
   for (const r of config.regions) {
     const pin = readSecret(r.pinEnv, r.pinFile, `regions[${r.name}] PIN`);
@@ -112,7 +110,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const reconcile = async (region: string) => {
     const t = tokens.get(region)!;
     if (!t.available) return;
-    const r = await reconcileRegion(t, repo, log, startedAtMs, installation);
+    const r = await reconcileRegion(t, store.keys, log, startedAtMs, installation);
     if (r.destroyed) metrics.orphans.inc({ region, action: 'destroyed' }, r.destroyed);
     if (r.inFlight) metrics.orphans.inc({ region, action: 'in_flight' }, r.inFlight);
   };
@@ -125,12 +123,12 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     await keys.ensureDefaultKeys(enabledOrgs, region);
   });
 
-  keys = new KeyService(db, repo, cache, feed, regions, clock, audit, log, installation);
-  const rotation = new RotationService(db, repo, keys, feed, regions, clock, audit, log, config.rotation.maxManualRotations, (trigger, n) =>
+  keys = new KeyService(store, cache, feed, regions, clock, audit, log, installation);
+  const rotation = new RotationService(store, keys, feed, regions, clock, audit, log, config.rotation.maxManualRotations, (trigger, n) =>
     metrics.rotations.inc({ trigger }, n),
   );
   const crypto = new CryptoService(regions);
-  const byok = new ByokService({ db, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
+  const byok = new ByokService({ store, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
 
   const scheduler = new Scheduler(
     config.mongodbUri,
@@ -165,9 +163,10 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     regions,
     metrics,
     readiness: {
-      sqlite: async () => {
+      storeKind: store.kind,
+      store: async () => {
         try {
-          await db.get('SELECT 1');
+          await store.ping();
           return true;
         } catch {
           return false;
@@ -176,14 +175,9 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       mongodb: () => scheduler.connected,
     },
     advanceClock: async (seconds: number) => {
-      await db.transaction(async (tx) => {
-        const row = await tx.get<{ value: string }>('SELECT value FROM settings WHERE name = ?', [CLOCK_SETTING]);
-        const next = (row ? Number(row.value) : 0) + Math.round(seconds * 1000);
-        await tx.run('INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value', [
-          CLOCK_SETTING,
-          String(next),
-        ]);
-        await repo.changed(tx, CLOCK_CHANGED);
+      await store.transaction(async (tx) => {
+        await tx.settings.addInteger(CLOCK_SETTING, Math.round(seconds * 1000));
+        await tx.changes.record(CLOCK_CHANGED);
       });
       await feed.publish();
     },
@@ -217,7 +211,8 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       ]);
       await scheduler.stop();
       await audit.close();
-      await db.close();
+      feed.close();
+      await store.close();
       await regions.stop();
       log.info('kmsd stopped');
     })());

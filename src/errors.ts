@@ -16,7 +16,8 @@ export type ErrorCode =
   | 'PayloadTooLarge'
   | 'DecryptionFailed'
   | 'VersionNotAllowed'
-  | 'RegionUnavailable';
+  | 'RegionUnavailable'
+  | 'StoreUnavailable';
 
 export class KmsError extends Error {
   constructor(
@@ -36,5 +37,7 @@ export const keyState = (msg: string) => new KmsError('KeyStateConflict', msg);
 export const invalidCiphertext = (msg: string) => new KmsError('InvalidCiphertext', msg);
 export const decryptionFailed = (msg = 'decryption failed: wrong key, wrong aad or tampered ciphertext') =>
   new KmsError('DecryptionFailed', msg);
+/** The metadata store cannot take the read or write now (e.g. PostgreSQL failover in progress): retry. */
+export const storeUnavailable = (why: string) => new KmsError('StoreUnavailable', `the metadata store is unavailable: ${why}; retry`);
 export const regionUnavailable = (region: string, why: string) =>
   new KmsError('RegionUnavailable', `region ${region} is unavailable: ${why}`);

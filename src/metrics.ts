@@ -48,6 +48,17 @@ export class Metrics {
     buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
     registers: [this.registry],
   });
+  readonly storeQuery = new client.Histogram({
+    name: 'kmsd_store_query_duration_seconds',
+    help: 'Metadata store statement latency (SQLite or PostgreSQL)',
+    buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2],
+    registers: [this.registry],
+  });
+  readonly storeFailovers = new client.Counter({
+    name: 'kmsd_store_failovers_total',
+    help: 'Times the PostgreSQL store lost its primary and had to reconnect',
+    registers: [this.registry],
+  });
   readonly xksRequests = new client.Counter({
     name: 'kmsd_xks_requests_total',
     help: 'XKS proxy requests by operation and outcome',

@@ -19,6 +19,7 @@ export const STATUS_OF: Record<ErrorCode, number> = {
   DecryptionFailed: 422,
   VersionNotAllowed: 422,
   RegionUnavailable: 503,
+  StoreUnavailable: 503,
 };
 
 export interface MappedError {

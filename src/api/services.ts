@@ -9,9 +9,12 @@ import type { RotationService } from '../rotation/rotation-service.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { Metrics } from '../metrics.js';
 import type { ByokService } from '../byok/byok-service.js';
+import type { StoreKind } from '../store/store.js';
 
 export interface Readiness {
-  sqlite(): Promise<boolean>;
+  /** Which metadata store serves this daemon (named by /readyz). */
+  storeKind: StoreKind;
+  store(): Promise<boolean>;
   mongodb(): boolean;
 }
 

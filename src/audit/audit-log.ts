@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Clock } from '../clock.js';
-import type { Database } from '../store/database.js';
+import type { AuditRepository, AuditRow, ChainHead } from '../store/store.js';
 
 export type AuditOutcome = 'success' | 'denied' | 'failure';
 
@@ -26,28 +26,42 @@ const GENESIS = '0'.repeat(64);
 /** 13 columns × 1000 rows = 13,000 bound parameters, below SQLite's 32,766. */
 const MAX_BATCH = 1000;
 
-/** The stored columns of a record, in table order, up to (not including) prev_hash and hash. */
-function contentColumns(e: StoredAuditEvent): unknown[] {
-  return [
-    e.seq,
-    e.time,
-    e.action,
-    e.outcome,
-    e.region ?? null,
-    e.keyIdentity ?? null,
-    e.keyVersion ?? null,
-    e.principal ?? null,
-    e.organisation ?? null,
-    e.requestId ?? null,
-    e.detail ? JSON.stringify(e.detail) : null,
-  ];
+/** The stored columns of a record (detail as its JSON text), without the chain links. */
+function toRow(e: StoredAuditEvent): Omit<AuditRow, 'prevHash' | 'hash'> {
+  return {
+    seq: e.seq,
+    time: e.time,
+    action: e.action,
+    outcome: e.outcome,
+    region: e.region ?? null,
+    keyIdentity: e.keyIdentity ?? null,
+    keyVersion: e.keyVersion ?? null,
+    principal: e.principal ?? null,
+    organisation: e.organisation ?? null,
+    requestId: e.requestId ?? null,
+    detail: e.detail ? JSON.stringify(e.detail) : null,
+  };
 }
 
 /** The hashed content of one record: every column but the hash itself, in a fixed order. */
-function recordHash(e: StoredAuditEvent, prevHash: string): string {
+export function recordHash(r: Omit<AuditRow, 'prevHash' | 'hash'>, prevHash: string): string {
+  const columns = [r.seq, r.time, r.action, r.outcome, r.region, r.keyIdentity, r.keyVersion, r.principal, r.organisation, r.requestId, r.detail];
   return createHash('sha256')
-    .update(JSON.stringify([...contentColumns(e), prevHash]))
+    .update(JSON.stringify([...columns, prevHash]))
     .digest('hex');
+}
+
+/** Links `events` onto `head`: consecutive seqs, each row carrying the previous row's hash. */
+export function chainRows(events: (AuditEvent & { time: string })[], head: ChainHead): AuditRow[] {
+  let seq = head.seq;
+  let prev = head.hash;
+  return events.map((e) => {
+    const content = toRow({ ...e, seq: ++seq });
+    const hash = recordHash(content, prev);
+    const row = { ...content, prevHash: prev, hash };
+    prev = hash;
+    return row;
+  });
 }
 
 interface Pending {
@@ -67,49 +81,16 @@ export interface AuditSink {
 export type StoredAuditEventDraft = AuditEvent & { time: string };
 
 /**
- * Appends batches to the one hash chain of the data dir with ONE guarded INSERT each: it only
- * writes if the chain's head is still the one the batch was hashed against (atomic in SQLite: a
- * stale snapshot cannot take the write lock). If another process appended meanwhile, nothing is
- * written and the batch is re-chained on the new head.
+ * Appends batches to the store's one hash chain: the store hands over the committed head (and
+ * hands it again if another writer moved it), this links the batch onto it.
  */
 export class AuditChainWriter implements AuditSink {
   readonly pipelined = false;
-  /** Last committed link of the chain as this writer last saw it (another process may have moved on). */
-  private head?: { seq: number; hash: string };
 
-  constructor(private readonly db: Database) {}
+  constructor(private readonly chain: AuditRepository) {}
 
-  private async readHead(): Promise<{ seq: number; hash: string }> {
-    const last = await this.db.get<{ seq: number; hash: string }>('SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1');
-    return last ?? { seq: 0, hash: GENESIS };
-  }
-
-  async append(events: StoredAuditEventDraft[]): Promise<void> {
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const head = this.head ?? (await this.readHead());
-      let seq = head.seq;
-      let prev = head.hash;
-      const params: unknown[] = [];
-      for (const e of events) {
-        const stored: StoredAuditEvent = { ...e, seq: ++seq };
-        const hash = recordHash(stored, prev);
-        params.push(...contentColumns(stored), prev, hash);
-        prev = hash;
-      }
-      const values = events.map(() => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ');
-      const res = await this.db.writeStatement(
-        `INSERT INTO audit_events (seq, time, action, outcome, region, key_identity, key_version, principal, organisation, request_id, detail, prev_hash, hash)
-         SELECT * FROM (VALUES ${values})
-         WHERE COALESCE((SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), ?) = ?`,
-        [...params, GENESIS, head.hash],
-      );
-      if (res.changes === events.length) {
-        this.head = { seq, hash: prev };
-        return;
-      }
-      this.head = undefined;
-    }
-    throw new Error('audit: could not extend the hash chain (contention)');
+  append(events: StoredAuditEventDraft[]): Promise<void> {
+    return this.chain.append((head) => chainRows(events, head));
   }
 
   async close(): Promise<void> {}
@@ -127,10 +108,10 @@ export class AuditLog {
   committed = 0;
 
   constructor(
-    private readonly db: Database,
+    private readonly chain: AuditRepository,
     private readonly clock: Clock,
     private readonly onBatch: (n: number, seconds: number) => void = () => {},
-    private readonly sink: AuditSink = new AuditChainWriter(db),
+    private readonly sink: AuditSink = new AuditChainWriter(chain),
   ) {}
 
   record(event: AuditEvent): Promise<void> {
@@ -172,16 +153,11 @@ export class AuditLog {
     let expectSeq = 1;
     let count = 0;
     for (;;) {
-      const rows = await this.db.all<Record<string, unknown>>(
-        'SELECT * FROM audit_events WHERE seq >= ? ORDER BY seq LIMIT 5000',
-        [expectSeq],
-      );
+      const rows = await this.chain.readFrom(expectSeq, 5000);
       if (!rows.length) break;
       for (const r of rows) {
-        const e = fromRow(r);
-        if (e.seq !== expectSeq || r.prev_hash !== prev || recordHash(e, prev) !== r.hash)
-          return { valid: false, events: count, brokenAt: e.seq };
-        prev = String(r.hash);
+        if (r.seq !== expectSeq || r.prevHash !== prev || recordHash(r, prev) !== r.hash) return { valid: false, events: count, brokenAt: r.seq };
+        prev = r.hash;
         expectSeq++;
         count++;
       }
@@ -197,39 +173,22 @@ export class AuditLog {
     since?: string;
     limit: number;
   }): Promise<StoredAuditEvent[]> {
-    const where = ['organisation = ?'];
-    const params: unknown[] = [f.organisation];
-    const filters: [string, unknown][] = [
-      ['region = ?', f.region],
-      ['key_identity = ?', f.keyIdentity],
-      ['action = ?', f.action],
-      ['time >= ?', f.since],
-    ];
-    for (const [clause, value] of filters)
-      if (value) {
-        where.push(clause);
-        params.push(value);
-      }
-    const rows = await this.db.all<Record<string, unknown>>(
-      `SELECT * FROM audit_events WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT ?`,
-      [...params, f.limit],
-    );
-    return rows.map(fromRow).reverse();
+    return (await this.chain.query(f)).map(fromRow);
   }
 }
 
-function fromRow(r: Record<string, unknown>): StoredAuditEvent {
+function fromRow(r: AuditRow): StoredAuditEvent {
   return {
-    seq: Number(r.seq),
-    time: String(r.time),
-    action: String(r.action),
+    seq: r.seq,
+    time: r.time,
+    action: r.action,
     outcome: r.outcome as AuditOutcome,
-    region: (r.region as string) ?? null,
-    keyIdentity: (r.key_identity as string) ?? null,
-    keyVersion: (r.key_version as string) ?? null,
-    principal: (r.principal as string) ?? null,
-    organisation: (r.organisation as string) ?? null,
-    requestId: (r.request_id as string) ?? null,
-    detail: r.detail ? (JSON.parse(String(r.detail)) as Record<string, unknown>) : null,
+    region: r.region,
+    keyIdentity: r.keyIdentity,
+    keyVersion: r.keyVersion,
+    principal: r.principal,
+    organisation: r.organisation,
+    requestId: r.requestId,
+    detail: r.detail ? (JSON.parse(r.detail) as Record<string, unknown>) : null,
   };
 }

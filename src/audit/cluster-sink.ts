@@ -1,5 +1,5 @@
 import cluster from 'node:cluster';
-import { Database } from '../store/database.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { AuditChainWriter, type AuditSink, type StoredAuditEventDraft } from './audit-log.js';
 import { CommitQueue, PendingAppends } from './commit-queue.js';
 
@@ -43,8 +43,8 @@ export class ClusterAuditSink implements AuditSink {
 
 /** The primary's side: commits what the workers send, coalesced, and answers each worker. */
 export async function serveClusterAudit(dataDir: string): Promise<{ close(): Promise<void> }> {
-  const db = await Database.open(dataDir);
-  const queue = new CommitQueue(new AuditChainWriter(db));
+  const store = await SqliteStore.open(dataDir);
+  const queue = new CommitQueue(new AuditChainWriter(store.audit));
   cluster.on('message', (worker, m: Partial<Submit>) => {
     const s = m?.kmsdAudit;
     if (!s) return;
@@ -55,7 +55,7 @@ export async function serveClusterAudit(dataDir: string): Promise<{ close(): Pro
   return {
     async close() {
       while (!queue.idle) await new Promise((r) => setTimeout(r, 5));
-      await db.close();
+      await store.close();
     },
   };
 }

@@ -5,7 +5,7 @@
  * the previous one ends instead of waiting behind the HTTP work on the main loop.
  */
 import { parentPort, Worker, workerData } from 'node:worker_threads';
-import { Database } from '../store/database.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { AuditChainWriter, type AuditSink, type StoredAuditEventDraft } from './audit-log.js';
 import { CommitQueue, PendingAppends } from './commit-queue.js';
 
@@ -19,13 +19,13 @@ interface Reply {
 }
 
 async function runWriter(dataDir: string): Promise<void> {
-  const db = await Database.open(dataDir);
-  const queue = new CommitQueue(new AuditChainWriter(db));
+  const store = await SqliteStore.open(dataDir);
+  const queue = new CommitQueue(new AuditChainWriter(store.audit));
   parentPort!.on('message', (m: Submit | 'close') => {
     if (m === 'close') {
       void (async () => {
         while (!queue.idle) await new Promise((r) => setTimeout(r, 5));
-        await db.close();
+        await store.close();
         process.exit(0);
       })();
       return;

@@ -1,7 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Role } from '../config/schema.js';
-import type { Database } from '../store/database.js';
-import type { KeysRepository } from '../store/keys-repo.js';
+import type { PrincipalsRepository, Store } from '../store/store.js';
 
 export interface Principal {
   name: string;
@@ -32,21 +31,14 @@ export class PrincipalDirectory {
 
   constructor(
     private readonly fromConfig: Omit<Principal, 'source'>[],
-    private readonly db: Database,
+    private readonly stored: PrincipalsRepository,
   ) {}
 
   async reload(): Promise<void> {
     const next = new Map<string, Principal>();
     for (const p of this.fromConfig) next.set(p.tokenSha256.toLowerCase(), { ...p, tokenSha256: p.tokenSha256.toLowerCase(), source: 'config' });
-    const rows = await this.db.all<Record<string, string>>('SELECT * FROM principals');
-    for (const r of rows)
-      next.set(r.token_sha256!, {
-        name: r.name!,
-        tokenSha256: r.token_sha256!,
-        organisations: JSON.parse(r.organisations!),
-        roles: JSON.parse(r.roles!),
-        source: 'store',
-      });
+    for (const r of await this.stored.list())
+      next.set(r.tokenSha256, { name: r.name, tokenSha256: r.tokenSha256, organisations: r.organisations, roles: r.roles, source: 'store' });
     this.byDigest = next;
   }
 
@@ -64,20 +56,13 @@ export class PrincipalDirectory {
 
 /** Used by `kmsctl principal add`: stores the digest, returns the token (shown once). */
 export async function addPrincipal(
-  db: Database,
-  repo: KeysRepository,
+  store: Store,
   p: { name: string; organisations: string[]; roles: Role[] },
 ): Promise<string> {
   const token = `kmsd_${randomBytes(32).toString('base64url')}`;
-  await db.transaction(async (tx) => {
-    await tx.run('INSERT INTO principals (name, token_sha256, organisations, roles, created_at) VALUES (?, ?, ?, ?, ?)', [
-      p.name,
-      sha256Hex(token),
-      JSON.stringify(p.organisations),
-      JSON.stringify(p.roles),
-      new Date().toISOString(),
-    ]);
-    await repo.changed(tx, PRINCIPALS_CHANGED);
+  await store.transaction(async (tx) => {
+    await tx.principals.add({ ...p, tokenSha256: sha256Hex(token), createdAt: new Date().toISOString() });
+    await tx.changes.record(PRINCIPALS_CHANGED);
   });
   return token;
 }

@@ -40,7 +40,8 @@ const workers = config.workers === 0 ? os.availableParallelism() : config.worker
 if (workers > 1 && cluster.isPrimary) {
   const { runSupervisor } = await import('../cluster/supervisor.js');
   try {
-    await runSupervisor(workers, config.logLevel, config.dataDir);
+    // PostgreSQL: every worker appends to the chain itself (under the chain lock); SQLite: the primary writes.
+    await runSupervisor(workers, config.logLevel, config.store?.postgres ? undefined : config.dataDir);
   } catch (e) {
     // e.g. the data dir cannot be opened for the cluster's audit writer
     process.stderr.write(`kmsd: failed to start: ${(e as Error).message}\n`);

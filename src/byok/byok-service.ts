@@ -6,7 +6,7 @@ import type { CreateKeyInput, KeyService, Scope } from '../keys/key-service.js';
 import { isAsymmetric, KEY_TYPES, type KeyType } from '../keys/key-types.js';
 import { findVersion, slugify, type KeyRecord } from '../keys/model.js';
 import type { RotationService } from '../rotation/rotation-service.js';
-import type { Database } from '../store/database.js';
+import type { Store } from '../store/store.js';
 import type { HashName } from '../token/constants.js';
 import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
@@ -33,7 +33,7 @@ export interface ExportResult {
 
 
 export interface ByokDeps {
-  db: Database;
+  store: Store;
   regions: RegionRegistry;
   keys: KeyService;
   rotation: RotationService;
@@ -53,8 +53,8 @@ export class ByokService {
   readonly importTokens: ImportTokens;
 
   constructor(private readonly d: ByokDeps) {
-    this.wrappingKeys = new WrappingKeys(d.db, d.regions, d.clock, d.log);
-    this.importTokens = new ImportTokens(d.db, d.regions, d.clock, d.log);
+    this.wrappingKeys = new WrappingKeys(d.store.wrappingKeys, d.regions, d.clock, d.log);
+    this.importTokens = new ImportTokens(d.store.importTokens, d.regions, d.clock, d.log);
   }
 
   private hashes(region: string): Promise<HashName[]> {
@@ -129,12 +129,12 @@ export class ByokService {
   private async unwrapWithImportToken(token: RegionToken, row: ImportTokenRow, keyType: KeyType, to: ObjectOptions, wrappedB64: string): Promise<void> {
     // Checked before the token is used up: SoftHSM2 may hide a pair another daemon made from
     // this process for a while (see WrappingKeys.generate); that is no reason to burn the token.
-    if (!token.exists(Buffer.from(row.cka_id), 'private'))
+    if (!token.exists(Buffer.from(row.ckaId), 'private'))
       throw regionUnavailable(token.settings.region, 'the import key of this token is not visible to this process yet; retry');
     await this.importTokens.consume(row);
     try {
-      const scheme = parseWrappingAlgorithm(row.wrapping_algorithm);
-      const rsaCkaId = Buffer.from(row.cka_id);
+      const scheme = parseWrappingAlgorithm(row.wrappingAlgorithm);
+      const rsaCkaId = Buffer.from(row.ckaId);
       const modulusBytes = IMPORT_WRAPPING_BITS / 8;
       const wrapped = Buffer.from(wrappedB64, 'base64');
       const field = 'wrappedKeyMaterial';
@@ -142,7 +142,7 @@ export class ByokService {
         await withTwoPartUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field, (u) => materialize(token, keyType, to, u, field));
       else await materialize(token, keyType, to, directUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field), field);
     } finally {
-      await this.importTokens.retire(row).catch((e) => this.d.log.warn('import key not destroyed yet; the sweep retries', { ckaId: row.cka_id, error: String(e) }));
+      await this.importTokens.retire(row).catch((e) => this.d.log.warn('import key not destroyed yet; the sweep retries', { ckaId: row.ckaId, error: String(e) }));
     }
   }
 

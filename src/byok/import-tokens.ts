@@ -4,24 +4,13 @@ import type { Clock } from '../clock.js';
 import { validation } from '../errors.js';
 import type { Scope } from '../keys/key-service.js';
 import type { KeyType } from '../keys/key-types.js';
-import type { Database } from '../store/database.js';
+import type { ImportTokenRecord, ImportTokensRepository } from '../store/store.js';
 import { rsaPublicKeyObject, spkiPem } from '../token/public-key.js';
 import type { RegionRegistry } from '../token/regions.js';
 import { unwrapKeyPairTemplate } from '../token/templates.js';
 import { IMPORT_KEY_PREFIX, IMPORT_TOKEN_TTL_MS, IMPORT_WRAPPING_BITS, newByokObjectId, newImportToken, type WrappingAlgorithm } from './formats.js';
 
-export interface ImportTokenRow {
-  token_sha256: string;
-  region: string;
-  organisation: string;
-  project: string;
-  key_type: KeyType;
-  wrapping_algorithm: WrappingAlgorithm;
-  cka_id: string;
-  expires_at: string;
-  used_at: string | null;
-  created_at: string;
-}
+export type ImportTokenRow = ImportTokenRecord & { keyType: KeyType; wrappingAlgorithm: WrappingAlgorithm };
 
 export interface ImportParameters {
   importToken: string;
@@ -36,14 +25,14 @@ const sha256Hex = (s: string) => createHash('sha256').update(s).digest('hex');
 
 /**
  * Single-use import tokens (AWS style). Each one names a fresh RSA-3072 pair generated in the
- * region's token (private half non-extractable, CKA_UNWRAP only); SQLite keeps only the
+ * region's token (private half non-extractable, CKA_UNWRAP only); the store keeps only the
  * token's SHA-256. A token is used up by the first import that reaches the unwrap — also when
  * the unwrap then fails, so an import key never serves as a decryption oracle — and its pair
  * is destroyed once used or expired (24 h on the daemon clock).
  */
 export class ImportTokens {
   constructor(
-    private readonly db: Database,
+    private readonly repo: ImportTokensRepository,
     private readonly regions: RegionRegistry,
     private readonly clock: Clock,
     private readonly log: Logger,
@@ -67,13 +56,18 @@ export class ImportTokens {
     const now = this.clock.nowMs();
     const expiresAt = new Date(now + IMPORT_TOKEN_TTL_MS).toISOString();
     try {
-      await this.db.transaction((tx) =>
-        tx.run(
-          `INSERT INTO import_tokens (token_sha256, region, organisation, project, key_type, wrapping_algorithm, cka_id, expires_at, used_at, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)`,
-          [sha256Hex(importToken), scope.region, scope.organisation, scope.project, keyType, wrappingAlgorithm, ckaId, expiresAt, new Date(now).toISOString()],
-        ),
-      );
+      await this.repo.insert({
+        tokenSha256: sha256Hex(importToken),
+        region: scope.region,
+        organisation: scope.organisation,
+        project: scope.project,
+        keyType,
+        wrappingAlgorithm,
+        ckaId,
+        expiresAt,
+        usedAt: null,
+        createdAt: new Date(now).toISOString(),
+      });
     } catch (e) {
       await token.destroy(Buffer.from(ckaId)).catch(() => undefined); // else the sweep finds it (no row names it)
       throw e;
@@ -87,36 +81,30 @@ export class ImportTokens {
    * are each a 400 that says which.
    */
   async check(scope: Scope, presented: string, keyType: KeyType): Promise<ImportTokenRow> {
-    const row = await this.db.get<ImportTokenRow>('SELECT * FROM import_tokens WHERE token_sha256 = ?', [sha256Hex(presented)]);
+    const row = (await this.repo.byDigest(sha256Hex(presented))) as ImportTokenRow | undefined;
     if (!row || row.organisation !== scope.organisation || row.region !== scope.region || row.project !== scope.project)
       throw validation('importToken: unknown import token (a token is valid only in the organisation, region and project that requested it)');
-    if (row.expires_at <= this.clock.nowIso()) {
+    if (row.expiresAt <= this.clock.nowIso()) {
       await this.retire(row);
-      throw validation(`importToken: expired at ${row.expires_at}; request new import parameters`);
+      throw validation(`importToken: expired at ${row.expiresAt}; request new import parameters`);
     }
-    if (row.used_at) throw validation('importToken: already used; import tokens are single-use, request new import parameters');
-    if (row.key_type !== keyType) throw validation(`importToken: issued for keyType ${row.key_type}, not ${keyType}`);
+    if (row.usedAt) throw validation('importToken: already used; import tokens are single-use, request new import parameters');
+    if (row.keyType !== keyType) throw validation(`importToken: issued for keyType ${row.keyType}, not ${keyType}`);
     return row;
   }
 
   /** Uses the token up (compare-and-set: of two concurrent imports with one token, one gets it). */
   async consume(row: ImportTokenRow): Promise<void> {
-    const changes = await this.db.transaction(async (tx) => {
-      const r = await tx.run('UPDATE import_tokens SET used_at = ? WHERE token_sha256 = ? AND used_at IS NULL', [this.clock.nowIso(), row.token_sha256]);
-      return r.changes;
-    });
-    if (!changes) throw validation('importToken: already used; import tokens are single-use, request new import parameters');
+    if (!(await this.repo.consume(row.tokenSha256, this.clock.nowIso()))) throw validation('importToken: already used; import tokens are single-use, request new import parameters');
   }
 
   /** Destroys the token's import pair and marks the token used (idempotent). */
-  async retire(row: Pick<ImportTokenRow, 'token_sha256' | 'region' | 'cka_id'>): Promise<void> {
+  async retire(row: Pick<ImportTokenRecord, 'tokenSha256' | 'region' | 'ckaId'>): Promise<void> {
     const token = this.regions.tokens.get(row.region);
     // A token that is down keeps the pair until the next sweep; the row stays unused for that.
     if (!token?.available) return;
-    await token.destroy(Buffer.from(row.cka_id));
-    await this.db.transaction((tx) =>
-      tx.run('UPDATE import_tokens SET used_at = COALESCE(used_at, ?) WHERE token_sha256 = ?', [this.clock.nowIso(), row.token_sha256]),
-    );
+    await token.destroy(Buffer.from(row.ckaId));
+    await this.repo.markUsed(row.tokenSha256, this.clock.nowIso());
   }
 
   /**
@@ -125,21 +113,21 @@ export class ImportTokens {
    */
   async sweep(): Promise<number> {
     let n = 0;
-    const expired = await this.db.all<ImportTokenRow>('SELECT * FROM import_tokens WHERE used_at IS NULL AND expires_at <= ?', [this.clock.nowIso()]);
+    const expired = await this.repo.expiredUnused(this.clock.nowIso());
     for (const row of expired) {
       try {
         await this.retire(row);
         n++;
       } catch (e) {
-        this.log.warn('could not destroy an expired import key', { region: row.region, ckaId: row.cka_id, error: String(e) });
+        this.log.warn('could not destroy an expired import key', { region: row.region, ckaId: row.ckaId, error: String(e) });
       }
     }
     for (const [region, token] of this.regions.tokens) {
       if (!token.available) continue;
       for (const id of token.listObjectIds(Buffer.from(IMPORT_KEY_PREFIX))) {
         const ckaId = id.toString();
-        const row = await this.db.get<{ used_at: string | null }>('SELECT used_at FROM import_tokens WHERE cka_id = ?', [ckaId]);
-        if (row && !row.used_at) continue;
+        const row = await this.repo.byCkaId(ckaId);
+        if (row && !row.usedAt) continue;
         const createdMs = Number(/\/(\d+)\.\d+\.[0-9a-f]+$/.exec(ckaId)?.[1] ?? 0);
         if (!row && Date.now() - createdMs < UNRECORDED_GRACE_MS) continue;
         await token.destroy(id).catch((e) => this.log.warn('could not destroy a leftover import key', { region, ckaId, error: String(e) }));

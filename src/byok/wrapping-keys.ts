@@ -2,7 +2,7 @@ import { createPublicKey } from 'node:crypto';
 import type { Logger } from 'winston';
 import type { Clock } from '../clock.js';
 import { regionUnavailable } from '../errors.js';
-import type { Database } from '../store/database.js';
+import type { WrappingKeysRepository } from '../store/store.js';
 import { rsaPublicKeyObject, spkiPem } from '../token/public-key.js';
 import type { RegionRegistry } from '../token/regions.js';
 import { unwrapKeyPairTemplate } from '../token/templates.js';
@@ -33,7 +33,7 @@ export class WrappingKeys {
   private readonly known = new Map<string, RegionalWrappingKey>();
 
   constructor(
-    private readonly db: Database,
+    private readonly repo: WrappingKeysRepository,
     private readonly regions: RegionRegistry,
     private readonly clock: Clock,
     private readonly log: Logger,
@@ -53,7 +53,8 @@ export class WrappingKeys {
   private async load(region: string): Promise<RegionalWrappingKey> {
     const token = this.regions.require(region);
     for (let waited = 0; ; ) {
-      const row = await this.db.get<Row>('SELECT cka_id, public_key_pem FROM wrapping_keys WHERE region = ?', [region]);
+      const stored = await this.repo.get(region);
+      const row: Row | undefined = stored && { cka_id: stored.ckaId, public_key_pem: stored.publicKeyPem };
       if (row?.public_key_pem) {
         if (token.exists(Buffer.from(row.cka_id), 'private')) return this.remember(region, row);
         // Not replaced automatically: SoftHSM2 can hide another process's new object from this
@@ -71,7 +72,7 @@ export class WrappingKeys {
           waited += RESERVATION_POLL_MS;
           continue;
         }
-        await this.db.transaction((tx) => tx.run("DELETE FROM wrapping_keys WHERE region = ? AND cka_id = ? AND public_key_pem = ''", [region, row.cka_id]));
+        await this.repo.drop(region, row.cka_id, true);
         await token.destroy(Buffer.from(row.cka_id)).catch(() => undefined);
         continue;
       }
@@ -90,23 +91,17 @@ export class WrappingKeys {
   private async generate(region: string): Promise<RegionalWrappingKey | undefined> {
     const token = this.regions.require(region);
     const ckaId = newByokObjectId(WRAPPING_KEY_PREFIX, region);
-    const reserved = await this.db.transaction(async (tx) => {
-      const r = await tx.run(
-        "INSERT INTO wrapping_keys (region, cka_id, public_key_pem, created_at) VALUES (?, ?, '', ?) ON CONFLICT (region) DO NOTHING",
-        [region, ckaId, this.clock.nowIso()],
-      );
-      return r.changes === 1;
-    });
+    const reserved = await this.repo.reserve(region, ckaId, this.clock.nowIso());
     if (!reserved) return undefined;
     try {
       const t = unwrapKeyPairTemplate(REGIONAL_WRAPPING_BITS, { ckaId: Buffer.from(ckaId), label: `kmsd-wrapping-key/${region}`, extractable: false });
       const pair = await token.generateKeyPairRaw(t.mechanism, t.publicTemplate, t.privateTemplate, Buffer.from(ckaId));
       const pem = spkiPem(rsaPublicKeyObject(token.readPublicKeyByHandle(pair.publicKey)));
-      await this.db.transaction((tx) => tx.run('UPDATE wrapping_keys SET public_key_pem = ? WHERE region = ? AND cka_id = ?', [pem, region, ckaId]));
+      await this.repo.complete(region, ckaId, pem);
       this.log.info('generated the regional wrapping key', { region, ckaId });
       return this.remember(region, { cka_id: ckaId, public_key_pem: pem });
     } catch (e) {
-      await this.db.transaction((tx) => tx.run('DELETE FROM wrapping_keys WHERE region = ? AND cka_id = ?', [region, ckaId])).catch(() => undefined);
+      await this.repo.drop(region, ckaId, false).catch(() => undefined);
       await token.destroy(Buffer.from(ckaId)).catch(() => undefined);
       throw e;
     }

@@ -7,19 +7,23 @@ import { Clock } from '../clock.js';
 import { ConfigError, configPathFromEnv, loadConfig, readSecret } from '../config/load.js';
 import type { Role } from '../config/schema.js';
 import { ChangeFeed } from '../store/change-feed.js';
-import { Database } from '../store/database.js';
-import { KeysRepository } from '../store/keys-repo.js';
+import { copyStore } from '../store/copy.js';
+import { openStore as openConfiguredStore } from '../store/open.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { registerByokCommand } from './byok.js';
 
 const ROLES: Role[] = ['admin', 'key-admin', 'crypto-user', 'auditor'];
 
 async function openStore(configFile: string | undefined) {
   const config = loadConfig(configPathFromEnv(configFile));
-  const db = await Database.open(config.dataDir);
-  const repo = new KeysRepository(db);
-  const feed = new ChangeFeed(path.join(config.dataDir, 'kmsd.generation'), repo, async () => {});
+  const store = await openConfiguredStore(config);
+  const feed = new ChangeFeed(store.changeSignal(), store.changes, async () => {});
   await feed.init();
-  return { config, db, repo, feed };
+  const close = async () => {
+    feed.close();
+    await store.close();
+  };
+  return { config, store, feed, close };
 }
 
 function fail(e: unknown): never {
@@ -40,10 +44,10 @@ export function registerCommands(program: Command): void {
       try {
         const bad = o.role.filter((r) => !ROLES.includes(r as Role));
         if (bad.length) throw new Error(`unknown role ${bad.join(', ')}; roles are ${ROLES.join(', ')}`);
-        const { db, repo, feed } = await openStore(o.config);
-        const token = await addPrincipal(db, repo, { name: o.name, organisations: o.org, roles: o.role as Role[] });
+        const { store, feed, close } = await openStore(o.config);
+        const token = await addPrincipal(store, { name: o.name, organisations: o.org, roles: o.role as Role[] });
         await feed.publish();
-        await db.close();
+        await close();
         process.stdout.write(`${token}\n`);
         process.stderr.write(`principal ${o.name} created; the token above is shown only this once\n`);
       } catch (e) {
@@ -55,11 +59,11 @@ export function registerCommands(program: Command): void {
     .option('-c, --config <file>')
     .action(async (o: { config?: string }) => {
       try {
-        const { config, db } = await openStore(o.config);
-        const rows = await db.all<Record<string, string>>('SELECT name, organisations, roles, created_at FROM principals ORDER BY name');
+        const { config, store, close } = await openStore(o.config);
+        const rows = await store.principals.list();
         for (const p of config.principals) process.stdout.write(`${p.name}\tconfig\t${p.organisations.join(',')}\t${p.roles.join(',')}\n`);
-        for (const r of rows) process.stdout.write(`${r.name}\tstore\t${JSON.parse(r.organisations!).join(',')}\t${JSON.parse(r.roles!).join(',')}\n`);
-        await db.close();
+        for (const r of rows) process.stdout.write(`${r.name}\tstore\t${r.organisations.join(',')}\t${r.roles.join(',')}\n`);
+        await close();
       } catch (e) {
         fail(e);
       }
@@ -70,14 +74,14 @@ export function registerCommands(program: Command): void {
     .requiredOption('--name <name>')
     .action(async (o: { config?: string; name: string }) => {
       try {
-        const { db, repo, feed } = await openStore(o.config);
-        const n = await db.transaction(async (tx) => {
-          const r = await tx.run('DELETE FROM principals WHERE name = ?', [o.name]);
-          await repo.changed(tx, PRINCIPALS_CHANGED);
-          return r.changes;
+        const { store, feed, close } = await openStore(o.config);
+        const n = await store.transaction(async (tx) => {
+          const removed = await tx.principals.remove(o.name);
+          await tx.changes.record(PRINCIPALS_CHANGED);
+          return removed;
         });
         await feed.publish();
-        await db.close();
+        await close();
         if (!n) throw new Error(`no stored principal ${o.name}`);
       } catch (e) {
         fail(e);
@@ -92,15 +96,46 @@ export function registerCommands(program: Command): void {
     .option('--json', 'JSON output')
     .action(async (o: { config?: string; org?: string; json?: boolean }) => {
       try {
-        const { db, repo } = await openStore(o.config);
-        const keys = (await repo.loadAll()).filter((k) => !o.org || k.organisation === o.org);
+        const { store, close } = await openStore(o.config);
+        const keys = (await store.keys.loadAll()).filter((k) => !o.org || k.organisation === o.org);
         if (o.json) process.stdout.write(`${JSON.stringify(keys, null, 2)}\n`);
         else
           for (const k of keys)
             process.stdout.write(
               `${k.identity}\t${k.organisation}\t${k.region}\t${k.project || '-'}\t${k.slug}\t${k.keyType}\t${k.status}\tv${k.latestVersion}\n`,
             );
-        await db.close();
+        await close();
+      } catch (e) {
+        fail(e);
+      }
+    });
+
+  program
+    .command('migrate-store')
+    .description('copy a single-host SQLite installation into an empty PostgreSQL store (cluster mode); token objects stay where they are')
+    .requiredOption('--from-config <file>', 'config of the SQLite installation (no store.postgres)')
+    .requiredOption('--to-config <file>', 'config naming the target store.postgres')
+    .action(async (o: { fromConfig: string; toConfig: string }) => {
+      try {
+        const fromConfig = loadConfig(o.fromConfig);
+        const toConfig = loadConfig(o.toConfig);
+        if (fromConfig.store?.postgres) throw new Error('--from-config must be a SQLite installation (it has store.postgres)');
+        if (!toConfig.store?.postgres) throw new Error('--to-config must name store.postgres');
+        const from = await openConfiguredStore(fromConfig);
+        const to = await openConfiguredStore(toConfig);
+        try {
+          const counts = await copyStore(from, to);
+          const clock = new Clock();
+          clock.setOffset(Number((await to.settings.get('clock_offset_ms')) ?? 0));
+          const log = new AuditLog(to.audit, clock);
+          await log.record({ action: 'kms.store.migrate', outcome: 'success', principal: 'kmsctl', detail: { from: 'sqlite', to: 'postgres', ...counts } });
+          await log.close();
+          const v = await log.verify();
+          process.stdout.write(`${JSON.stringify({ ...counts, auditChain: v })}\n`);
+          if (!v.valid) process.exit(1);
+        } finally {
+          await Promise.all([from.close(), to.close()]);
+        }
       } catch (e) {
         fail(e);
       }
@@ -113,9 +148,9 @@ export function registerCommands(program: Command): void {
     .option('-c, --config <file>')
     .action(async (o: { config?: string }) => {
       try {
-        const { db } = await openStore(o.config);
-        const v = await new AuditLog(db, new Clock()).verify();
-        await db.close();
+        const { store, close } = await openStore(o.config);
+        const v = await new AuditLog(store.audit, new Clock()).verify();
+        await close();
         process.stdout.write(`${JSON.stringify(v)}\n`);
         if (!v.valid) process.exit(1);
       } catch (e) {
@@ -130,10 +165,10 @@ export function registerCommands(program: Command): void {
     .requiredOption('--out <file>', 'destination SQLite file (must not exist)')
     .action(async (o: { config?: string; out: string }) => {
       try {
-        const { db } = await openStore(o.config);
-        await db.transaction((tx) => tx.run('SELECT 1')); // make sure no migration is half-applied
-        await db.get('VACUUM INTO ?', [path.resolve(o.out)]);
-        await db.close();
+        const { store, close } = await openStore(o.config);
+        if (!(store instanceof SqliteStore)) throw new Error('backup copies the SQLite store; back up PostgreSQL with pg_dump or its replication');
+        await store.backupTo(path.resolve(o.out));
+        await close();
         process.stderr.write(`metadata backed up to ${o.out}\n`);
       } catch (e) {
         fail(e);

@@ -6,11 +6,11 @@ import { createLogger } from '../log.js';
  * Primary process of a multi-worker kmsd: forks the workers, restarts one that dies (with a
  * short back-off so a crash loop does not spin), and on SIGTERM/SIGINT asks every worker to
  * shut down gracefully before exiting itself. It is also the cluster's one audit writer
- * (audit/cluster-sink.ts): it opens the data dir (and migrates it) before any worker starts.
+ * (audit/cluster-sink.ts) on SQLite: it opens the data dir (and migrates it) before any worker starts.
  */
-export async function runSupervisor(count: number, level: string, dataDir: string): Promise<void> {
+export async function runSupervisor(count: number, level: string, sqliteDataDir: string | undefined): Promise<void> {
   const log = createLogger(level);
-  const audit = await serveClusterAudit(dataDir);
+  const audit = sqliteDataDir ? await serveClusterAudit(sqliteDataDir) : { close: async () => undefined };
   let stopping = false;
   const restarts: number[] = [];
 

@@ -98,6 +98,16 @@ export const configSchema = z
       .default({ maxBodyBytes: 65536, maxBatchItems: 1000 }),
     export: z.strictObject({ allowPlaintext: z.boolean().default(false) }).default({ allowPlaintext: false }),
     testing: z.strictObject({ clockControl: z.boolean().default(false) }).default({ clockControl: false }),
+    /** (kmsd) absent = SQLite in dataDir (one host); postgres = cluster mode. */
+    store: z
+      .strictObject({
+        postgres: z.strictObject({
+          uri: z.string().regex(/^postgres(ql)?:\/\//, 'store.postgres.uri must be a postgresql:// URI'),
+          passwordEnv: z.string().min(1).optional(),
+          passwordFile: z.string().min(1).optional(),
+        }),
+      })
+      .optional(),
     xks: xks.optional(),
     /** (kmsd) processes serving the API; 0 = one per CPU core. */
     workers: z.number().int().min(0).max(64).default(1),

@@ -1,4 +1,4 @@
-import type { KeysRepository } from '../store/keys-repo.js';
+import type { KeysRepository } from '../store/store.js';
 import { scopeKey, type KeyRecord } from './model.js';
 
 /** In-memory view of every key's metadata: the hot path never reads SQLite. */

@@ -4,8 +4,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import { addDays, type Clock } from '../clock.js';
 import { KmsError, keyState, notFound, unsupported, validation } from '../errors.js';
 import type { ChangeFeed } from '../store/change-feed.js';
-import { isUniqueViolation, type Database } from '../store/database.js';
-import type { KeyPatch, KeysRepository } from '../store/keys-repo.js';
+import { UniqueViolation, type KeyPatch, type Store } from '../store/store.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { KeyCache } from './key-cache.js';
 import { KEY_TYPES, type KeyType } from './key-types.js';
@@ -62,8 +61,7 @@ export interface ListFilter {
 /** Key lifecycle: create, look up within a scope, disable/enable, schedule and cancel deletion, destroy. */
 export class KeyService {
   constructor(
-    private readonly db: Database,
-    private readonly repo: KeysRepository,
+    private readonly store: Store,
     readonly cache: KeyCache,
     private readonly feed: ChangeFeed,
     private readonly regions: RegionRegistry,
@@ -171,11 +169,11 @@ export class KeyService {
       versions: [{ version: 1, ckaId, status: 'enabled', origin: opts.imported ? 'imported' : 'generated', createdAt: now }],
     };
     try {
-      await this.db.transaction((tx) => this.repo.insert(tx, record));
+      await this.store.transaction((tx) => tx.keys.insert(record));
     } catch (e) {
       // generate-then-record: a lost race or failed insert must not leave an orphan object.
       await token.destroy(Buffer.from(ckaId)).catch((d) => this.log.error('could not destroy unrecorded object', { ckaId, error: String(d) }));
-      if (isUniqueViolation(e)) throw new KmsError('Conflict', `a key with slug ${slug} already exists in this scope`);
+      if (e instanceof UniqueViolation) throw new KmsError('Conflict', `a key with slug ${slug} already exists in this scope`);
       throw e;
     }
     await this.feed.publish();
@@ -212,10 +210,10 @@ export class KeyService {
     decide: (current: KeyRecord) => KeyPatch,
   ): Promise<KeyRecord> {
     for (let attempt = 0; attempt < 20; attempt++) {
-      const current = (await this.repo.load(key.identity)) ?? undefined;
+      const current = (await this.store.keys.load(key.identity)) ?? undefined;
       if (!current) throw notFound(`key ${key.identity} not found`);
       const patch = { ...decide(current), updatedAt: this.clock.nowIso() };
-      const ok = await this.db.transaction((tx) => this.repo.update(tx, key.identity, current.objectVersion, patch));
+      const ok = await this.store.transaction((tx) => tx.keys.update(key.identity, current.objectVersion, patch));
       if (ok) {
         await this.feed.publish();
         return this.cache.get(key.identity)!;
@@ -272,11 +270,11 @@ export class KeyService {
    */
   async destroyDue(): Promise<number> {
     let n = 0;
-    for (const { identity } of await this.repo.dueForDestruction(this.clock.nowIso())) {
-      const key = await this.db.transaction(async (tx) => {
-        const k = await this.repo.load(identity, tx);
+    for (const identity of await this.store.keys.dueForDestruction(this.clock.nowIso())) {
+      const key = await this.store.transaction(async (tx) => {
+        const k = await tx.keys.load(identity);
         if (!k || k.status !== 'pending_deletion' || !k.deletionAt || k.deletionAt > this.clock.nowIso()) return undefined;
-        await this.repo.delete(tx, identity);
+        await tx.keys.delete(identity);
         return k;
       });
       if (!key) continue;

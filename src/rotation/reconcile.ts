@@ -1,6 +1,6 @@
 import type { Logger } from 'winston';
 import { KEY_OBJECT_PREFIX } from '../keys/key-service.js';
-import type { KeysRepository } from '../store/keys-repo.js';
+import type { KeysRepository } from '../store/store.js';
 import type { RegionToken } from '../token/region-token.js';
 
 const IN_FLIGHT_GRACE_MS = 10 * 60_000;
@@ -23,7 +23,7 @@ function processAlive(pid: number): boolean {
 /**
  * Finds token objects carrying this installation's key CKA_ID
  * (`kmsd/k/<key>/<ms>.<pid>.<rand>@<installation>`) that no
- * version row in SQLite names. Rule (documented in the README): such an object was generated
+ * version row in the store names. Rule (documented in the README): such an object was generated
  * but never recorded, so no ciphertext or signature was ever made with it; it is **destroyed**,
  * never adopted — once its creator process is gone (or after 10 minutes); while the creator
  * still runs it is counted as in flight and looked at again on the next pass.

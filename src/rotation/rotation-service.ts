@@ -6,8 +6,7 @@ import type { KeyService } from '../keys/key-service.js';
 import { KEY_TYPES } from '../keys/key-types.js';
 import type { KeyRecord, KeyVersion } from '../keys/model.js';
 import type { ChangeFeed } from '../store/change-feed.js';
-import type { Database, Tx } from '../store/database.js';
-import type { KeysRepository } from '../store/keys-repo.js';
+import type { Repositories, Store } from '../store/store.js';
 import type { RegionRegistry } from '../token/regions.js';
 import { canRotate, isDue, nextRotationAt } from './policy.js';
 
@@ -21,8 +20,8 @@ const SCHEDULED_CHUNK = 32;
 
 /**
  * Rotation = generate a new object in the token, then record it as the next version in one
- * SQLite write transaction that re-reads the key and re-checks the rules (the compare-and-set).
- * Whoever loses that check destroys its object, so SQLite never names a missing object and a
+ * store write transaction that re-reads the key and re-checks the rules (the compare-and-set).
+ * Whoever loses that check destroys its object, so the store never names a missing object and a
  * due key gets exactly one new version however many daemons race for it.
  */
 export class RotationService {
@@ -30,8 +29,7 @@ export class RotationService {
   private readonly claimOwner = `${process.pid}.${Math.random().toString(36).slice(2, 8)}`;
 
   constructor(
-    private readonly db: Database,
-    private readonly repo: KeysRepository,
+    private readonly store: Store,
     private readonly keys: KeyService,
     private readonly feed: ChangeFeed,
     private readonly regions: RegionRegistry,
@@ -72,13 +70,13 @@ export class RotationService {
         if (cur.status !== 'active') throw keyState(`key is ${cur.status}`);
         if (!canRotate(cur)) throw keyState('imported key without allowRotation cannot get new versions');
       };
-      const current = (await this.repo.load(key.identity)) ?? key;
+      const current = (await this.store.keys.load(key.identity)) ?? key;
       guard(current);
       const token = this.regions.require(key.region);
       const ckaId = this.keys.newObjectId(key.identity);
       await source(Buffer.from(ckaId), `${key.slug}/v${current.latestVersion + 1}`);
       try {
-        await this.db.transaction((tx) => this.recordVersion(tx, key.identity, ckaId, 'import', guard, 'imported'));
+        await this.store.transaction((tx) => this.recordVersion(tx, key.identity, ckaId, 'import', guard, 'imported'));
       } catch (e) {
         await token.destroy(Buffer.from(ckaId)).catch((d) => this.log.warn('orphan left for reconciliation', { ckaId, error: String(d) }));
         throw e;
@@ -152,19 +150,10 @@ export class RotationService {
   private async claimDue(limit: number): Promise<KeyRecord[]> {
     const nowIso = this.clock.nowIso();
     const nowMs = Date.now();
-    const ids = await this.db.transaction(async (tx) => {
-      const rows = await tx.all<{ identity: string }>(
-        `SELECT identity FROM keys WHERE rotation_enabled = 1 AND status = 'active' AND next_rotation_at <= ?
-           AND claim_until_ms < ? ORDER BY next_rotation_at LIMIT ?`,
-        [nowIso, nowMs, limit],
-      );
-      for (const r of rows)
-        await tx.run('UPDATE keys SET claim_owner = ?, claim_until_ms = ? WHERE identity = ?', [this.claimOwner, nowMs + CLAIM_MS, r.identity]);
-      return rows.map((r) => r.identity);
-    });
+    const ids = await this.store.transaction((tx) => tx.keys.claimDue(nowIso, nowMs, this.claimOwner, nowMs + CLAIM_MS, limit));
     const keys: KeyRecord[] = [];
     for (const id of ids) {
-      const k = await this.repo.load(id);
+      const k = await this.store.keys.load(id);
       if (k && canRotate(k) && this.regions.tokens.get(k.region)?.available) keys.push(k);
       else await this.releaseClaim(id, nowMs + CLAIM_MS);
     }
@@ -172,9 +161,7 @@ export class RotationService {
   }
 
   private async releaseClaim(identity: string, untilMs = 0): Promise<void> {
-    await this.db.transaction((tx) =>
-      tx.run('UPDATE keys SET claim_owner = NULL, claim_until_ms = ? WHERE identity = ? AND claim_owner = ?', [untilMs, identity, this.claimOwner]),
-    );
+    await this.store.keys.releaseClaim(identity, this.claimOwner, untilMs);
   }
 
   /**
@@ -200,7 +187,7 @@ export class RotationService {
     );
     const outcome: ({ key: KeyRecord; version: number } | undefined)[] = [];
     let failure: unknown;
-    await this.db.transaction(async (tx) => {
+    await this.store.transaction(async (tx) => {
       for (const m of made) {
         try {
           outcome.push({ key: m.key, version: await this.recordVersion(tx, m.key.identity, m.ckaId, trigger, guardFor(m.key)) });
@@ -220,20 +207,20 @@ export class RotationService {
   }
 
   private async recordVersion(
-    tx: Tx,
+    tx: Repositories,
     identity: string,
     ckaId: string,
     trigger: RotationTrigger | 'import',
     guard: VersionGuard,
     origin: KeyVersion['origin'] = 'generated',
   ): Promise<number> {
-    const cur = await this.repo.load(identity, tx);
+    const cur = await tx.keys.load(identity);
     if (!cur) throw keyState('key no longer exists');
     guard(cur);
     const now = this.clock.nowIso();
     const version = cur.latestVersion + 1;
-    await this.repo.insertVersion(tx, identity, { version, ckaId, status: 'enabled', origin, createdAt: now });
-    const ok = await this.repo.update(tx, identity, cur.objectVersion, {
+    await tx.keys.insertVersion(identity, { version, ckaId, status: 'enabled', origin, createdAt: now });
+    const ok = await tx.keys.update(identity, cur.objectVersion, {
       latestVersion: version,
       lastRotationAt: now,
       nextRotationAt: cur.rotationEnabled && cur.rotationPeriodDays ? addDays(now, cur.rotationPeriodDays) : cur.nextRotationAt,
@@ -241,7 +228,7 @@ export class RotationService {
       updatedAt: now,
     });
     if (!ok) throw keyState('concurrent change');
-    await tx.run('UPDATE keys SET claim_owner = NULL, claim_until_ms = 0 WHERE identity = ?', [identity]);
+    await tx.keys.clearClaim(identity);
     return version;
   }
 

@@ -49,6 +49,8 @@ const FROM_KMS: Partial<Record<KmsError['code'], XksErrorName>> = {
   VersionNotAllowed: 'InvalidStateException',
   NotFound: 'KeyNotFoundException',
   RegionUnavailable: 'DependencyTimeoutException',
+  // The spec's retryable "a dependency did not answer in time" (HTTP 503).
+  StoreUnavailable: 'DependencyTimeoutException',
   KmsNotEnabled: 'InvalidStateException',
 };
 

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { Database } from '../../src/store/database.js';
+import { SqliteStore } from '../../src/store/sqlite/sqlite-store.js';
 import { MongoServer } from '../helpers/mongo.js';
 import { KMSCTL_BIN, KMSD_BIN } from '../helpers/paths.js';
 import { ORG, TestStack, waitFor, type Daemon } from '../helpers/stack.js';
@@ -175,13 +175,11 @@ describe('foundation: config, auth, token layer, store, readiness, shutdown', fu
     });
 
     it('migrations are versioned and re-running them applies nothing', async () => {
-      const db = await Database.open(stack.dataDir);
-      expect(await db.migrate()).to.equal(0);
-      const rows = await db.all<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version');
-      expect(rows.map((r) => r.version)[0]).to.equal(1);
-      const mode = await db.get<{ journal_mode: string }>('PRAGMA journal_mode');
-      expect(mode?.journal_mode).to.equal('wal');
-      await db.close();
+      const store = await SqliteStore.open(stack.dataDir);
+      expect(await store.migrate()).to.equal(0);
+      expect((await store.migrationVersions())[0]).to.equal(1);
+      expect(await store.journalMode()).to.equal('wal');
+      await store.close();
     });
 
     it('SIGTERM shuts down gracefully (exit code 0)', async () => {

@@ -19,17 +19,18 @@ export function systemRoutes(s: Services, version: string): Router {
   r.get('/readyz', async (_req, res) => {
     const regions: Record<string, { available: boolean; reason?: string }> = {};
     for (const [name, t] of s.regions.tokens) regions[name] = t.available ? { available: true } : { available: false, reason: t.unavailableReason };
-    const sqlite = await s.readiness.sqlite();
+    const storeKind = s.readiness.storeKind;
+    const storeUp = await s.readiness.store();
     const mongodb = s.readiness.mongodb();
-    const ready = sqlite && mongodb && Object.values(regions).every((r) => r.available);
+    const ready = storeUp && mongodb && Object.values(regions).every((r) => r.available);
     const down = [
       ...Object.entries(regions)
         .filter(([, r]) => !r.available)
         .map(([n]) => `region:${n}`),
-      ...(sqlite ? [] : ['sqlite']),
+      ...(storeUp ? [] : [storeKind]),
       ...(mongodb ? [] : ['mongodb']),
     ];
-    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'degraded', down, checks: { regions, sqlite, mongodb } });
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'degraded', store: storeKind, down, checks: { regions, [storeKind]: storeUp, mongodb } });
   });
 
   r.get('/metrics', async (_req, res) => {

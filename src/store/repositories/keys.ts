@@ -1,5 +1,6 @@
-import type { KeyRecord, KeyVersion } from '../keys/model.js';
-import type { Database, Row, Tx } from './database.js';
+import type { KeyRecord, KeyVersion } from '../../keys/model.js';
+import type { KeyPatch, KeysRepository } from '../store.js';
+import type { Row, SqlExecutor } from './sql.js';
 
 /** Columns of `keys` as KeyRecord fields; the single place that knows the table layout. */
 const COLUMNS: [keyof KeyRecord, string, 'text' | 'bool' | 'json' | 'int'][] = [
@@ -45,7 +46,7 @@ function rowToKey(row: Row, versions: KeyVersion[]): KeyRecord {
   const k: Record<string, unknown> = { versions };
   for (const [f, c, t] of COLUMNS) {
     const v = row[c];
-    k[f] = t === 'bool' ? v === 1 : t === 'json' ? JSON.parse(String(v)) : v;
+    k[f] = t === 'bool' ? Number(v) === 1 : t === 'json' ? JSON.parse(String(v)) : t === 'int' && v !== null ? Number(v) : v;
   }
   return k as unknown as KeyRecord;
 }
@@ -60,15 +61,14 @@ function rowToVersion(r: Row): KeyVersion {
   };
 }
 
-export type KeyPatch = Partial<Omit<KeyRecord, 'identity' | 'versions' | 'objectVersion'>>;
-
-export class KeysRepository {
-  constructor(private readonly db: Database) {}
+/** Keys and their versions (tables keys, key_versions), on either backend. */
+export class SqlKeysRepository implements KeysRepository {
+  constructor(private readonly q: SqlExecutor) {}
 
   async loadAll(): Promise<KeyRecord[]> {
     const [rows, versions] = await Promise.all([
-      this.db.all('SELECT * FROM keys'),
-      this.db.all('SELECT * FROM key_versions ORDER BY key_identity, version'),
+      this.q.all('SELECT * FROM keys'),
+      this.q.all('SELECT * FROM key_versions ORDER BY key_identity, version'),
     ]);
     const byKey = new Map<string, KeyVersion[]>();
     for (const v of versions) {
@@ -80,26 +80,29 @@ export class KeysRepository {
     return rows.map((r) => rowToKey(r, byKey.get(String(r.identity)) ?? []));
   }
 
-  async load(identity: string, tx?: Tx): Promise<KeyRecord | undefined> {
-    const q = tx ?? this.db;
-    const row = await q.get('SELECT * FROM keys WHERE identity = ?', [identity]);
+  async load(identity: string): Promise<KeyRecord | undefined> {
+    // PostgreSQL (read committed): lock the row so a compare-and-set reads the latest commit and
+    // concurrent writers of one key queue here instead of failing on the version primary key.
+    // SQLite's write transaction already holds the database write lock.
+    const lock = this.q.inTransaction && this.q.dialect === 'postgres' ? ' FOR UPDATE' : '';
+    const row = await this.q.get(`SELECT * FROM keys WHERE identity = ?${lock}`, [identity]);
     if (!row) return undefined;
-    const versions = await q.all('SELECT * FROM key_versions WHERE key_identity = ? ORDER BY version', [identity]);
+    const versions = await this.q.all('SELECT * FROM key_versions WHERE key_identity = ? ORDER BY version', [identity]);
     return rowToKey(row, versions.map(rowToVersion));
   }
 
-  async insert(tx: Tx, key: KeyRecord): Promise<void> {
+  async insert(key: KeyRecord): Promise<void> {
     const cols = COLUMNS.map(([, c]) => c);
-    await tx.run(
+    await this.q.run(
       `INSERT INTO keys (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`,
       COLUMNS.map(([f]) => toColumn(f, key[f])),
     );
-    for (const v of key.versions) await this.insertVersion(tx, key.identity, v);
-    await this.changed(tx, key.identity);
+    for (const v of key.versions) await this.insertVersion(key.identity, v);
+    await this.changed(key.identity);
   }
 
-  async insertVersion(tx: Tx, identity: string, v: KeyVersion): Promise<void> {
-    await tx.run('INSERT INTO key_versions (key_identity, version, cka_id, status, origin, created_at) VALUES (?, ?, ?, ?, ?, ?)', [
+  async insertVersion(identity: string, v: KeyVersion): Promise<void> {
+    await this.q.run('INSERT INTO key_versions (key_identity, version, cka_id, status, origin, created_at) VALUES (?, ?, ?, ?, ?, ?)', [
       identity,
       v.version,
       v.ckaId,
@@ -109,47 +112,62 @@ export class KeysRepository {
     ]);
   }
 
-  /**
-   * Applies `patch` if the row still has `expectObjectVersion` (compare-and-set); bumps
-   * objectVersion. Returns false when another writer got there first.
-   */
-  async update(tx: Tx, identity: string, expectObjectVersion: number, patch: KeyPatch): Promise<boolean> {
+  async update(identity: string, expectObjectVersion: number, patch: KeyPatch): Promise<boolean> {
     const fields = Object.keys(patch) as (keyof KeyPatch)[];
     const sets = fields.map((f) => `${COLUMN_OF.get(f)!.c} = ?`);
-    const res = await tx.run(
+    const res = await this.q.run(
       `UPDATE keys SET ${[...sets, 'object_version = object_version + 1'].join(', ')} WHERE identity = ? AND object_version = ?`,
       [...fields.map((f) => toColumn(f, patch[f])), identity, expectObjectVersion],
     );
-    if (res.changes === 1) await this.changed(tx, identity);
+    if (res.changes === 1) await this.changed(identity);
     return res.changes === 1;
   }
 
-  async delete(tx: Tx, identity: string): Promise<void> {
-    await tx.run('DELETE FROM key_versions WHERE key_identity = ?', [identity]);
-    await tx.run('DELETE FROM keys WHERE identity = ?', [identity]);
-    await this.changed(tx, identity);
+  async delete(identity: string): Promise<void> {
+    await this.q.run('DELETE FROM key_versions WHERE key_identity = ?', [identity]);
+    await this.q.run('DELETE FROM keys WHERE identity = ?', [identity]);
+    await this.changed(identity);
   }
 
-  async changed(tx: Tx, identity: string): Promise<void> {
-    await tx.run('INSERT INTO key_changes (key_identity) VALUES (?)', [identity]);
+  private async changed(identity: string): Promise<void> {
+    await this.q.run('INSERT INTO key_changes (key_identity) VALUES (?)', [identity]);
   }
 
-  changesSince(seq: number): Promise<{ seq: number; key_identity: string }[]> {
-    return this.db.all('SELECT seq, key_identity FROM key_changes WHERE seq > ? ORDER BY seq', [seq]);
-  }
-
-  async lastChange(): Promise<number> {
-    const r = await this.db.get<{ s: number | null }>('SELECT MAX(seq) AS s FROM key_changes');
-    return r?.s ?? 0;
-  }
-
-  dueForDestruction(nowIso: string): Promise<{ identity: string }[]> {
-    return this.db.all(`SELECT identity FROM keys WHERE status = 'pending_deletion' AND deletion_at <= ?`, [nowIso]);
+  async dueForDestruction(nowIso: string): Promise<string[]> {
+    const rows = await this.q.all<{ identity: string }>(`SELECT identity FROM keys WHERE status = 'pending_deletion' AND deletion_at <= ?`, [nowIso]);
+    return rows.map((r) => r.identity);
   }
 
   async allCkaIds(): Promise<Set<string>> {
-    const rows = await this.db.all<{ cka_id: string }>('SELECT cka_id FROM key_versions');
+    const rows = await this.q.all<{ cka_id: string }>('SELECT cka_id FROM key_versions');
     return new Set(rows.map((r) => r.cka_id));
   }
-}
 
+  async claimDue(nowIso: string, nowMs: number, owner: string, untilMs: number, limit: number): Promise<string[]> {
+    const rows = await this.q.all<{ identity: string }>(
+      `SELECT identity FROM keys WHERE rotation_enabled = 1 AND status = 'active' AND next_rotation_at <= ?
+         AND claim_until_ms < ? ORDER BY next_rotation_at LIMIT ?`,
+      [nowIso, nowMs, limit],
+    );
+    const claimed: string[] = [];
+    // The guard is repeated in the UPDATE: on PostgreSQL another node may claim in between.
+    for (const r of rows) {
+      const res = await this.q.run('UPDATE keys SET claim_owner = ?, claim_until_ms = ? WHERE identity = ? AND claim_until_ms < ?', [
+        owner,
+        untilMs,
+        r.identity,
+        nowMs,
+      ]);
+      if (res.changes === 1) claimed.push(r.identity);
+    }
+    return claimed;
+  }
+
+  async releaseClaim(identity: string, owner: string, untilMs: number): Promise<void> {
+    await this.q.run('UPDATE keys SET claim_owner = NULL, claim_until_ms = ? WHERE identity = ? AND claim_owner = ?', [untilMs, identity, owner]);
+  }
+
+  async clearClaim(identity: string): Promise<void> {
+    await this.q.run('UPDATE keys SET claim_owner = NULL, claim_until_ms = 0 WHERE identity = ?', [identity]);
+  }
+}

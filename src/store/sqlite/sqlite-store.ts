@@ -1,19 +1,13 @@
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sqlite3 from 'sqlite3';
+import { AUDIT_COLUMNS, auditParams, SqlAuditReads } from '../repositories/audit.js';
+import { sqlRepositories } from '../repositories/index.js';
+import type { Params, Row, SqlExecutor } from '../repositories/sql.js';
+import { UniqueViolation, type AuditRow, type ChainHead, type ChangeSignal, type Repositories, type Store, type StoreObserver } from '../store.js';
 
-export type Row = Record<string, unknown>;
-export type Params = unknown[];
-
-/** The part of a connection a transaction body may use. */
-export interface Tx {
-  get<T = Row>(sql: string, params?: Params): Promise<T | undefined>;
-  all<T = Row>(sql: string, params?: Params): Promise<T[]>;
-  run(sql: string, params?: Params): Promise<{ changes: number; lastID: number }>;
-}
-
-class Connection implements Tx {
+class Connection {
   private constructor(readonly db: sqlite3.Database) {}
 
   static async open(file: string): Promise<Connection> {
@@ -30,50 +24,103 @@ class Connection implements Tx {
   }
 
   get<T = Row>(sql: string, params: Params = []): Promise<T | undefined> {
-    return new Promise((resolve, reject) => this.db.get(sql, params, (err, row) => (err ? reject(err) : resolve(row as T))));
+    return new Promise((resolve, reject) => this.db.get(sql, params, (err, row) => (err ? reject(typed(err)) : resolve(row as T))));
   }
   all<T = Row>(sql: string, params: Params = []): Promise<T[]> {
-    return new Promise((resolve, reject) => this.db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as T[]))));
+    return new Promise((resolve, reject) => this.db.all(sql, params, (err, rows) => (err ? reject(typed(err)) : resolve(rows as T[]))));
   }
   run(sql: string, params: Params = []): Promise<{ changes: number; lastID: number }> {
     return new Promise((resolve, reject) =>
       this.db.run(sql, params, function (err) {
-        if (err) reject(err);
+        if (err) reject(typed(err));
         else resolve({ changes: this.changes, lastID: this.lastID });
       }),
     );
   }
   exec(sql: string): Promise<void> {
-    return new Promise((resolve, reject) => this.db.exec(sql, (err) => (err ? reject(err) : resolve())));
+    return new Promise((resolve, reject) => this.db.exec(sql, (err) => (err ? reject(typed(err)) : resolve())));
   }
   close(): Promise<void> {
     return new Promise((resolve) => this.db.close(() => resolve()));
   }
 }
 
+function typed(e: Error): Error {
+  return /UNIQUE constraint failed/.test(e.message) ? Object.assign(new UniqueViolation(e.message), { code: (e as { code?: string }).code }) : e;
+}
+
 const MIGRATIONS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations');
+const ROTATE_AT_BYTES = 1 << 20;
 
 /**
- * SQLite metadata store: one connection for writes (transactions serialised in-process,
- * BEGIN IMMEDIATE across processes) and one for reads, so a reader never sees another
- * request's uncommitted transaction. WAL mode lets them run side by side.
+ * SQLite metadata store (one host): one connection for writes (transactions serialised
+ * in-process, BEGIN IMMEDIATE across processes) and one for reads, so a reader never sees
+ * another request's uncommitted transaction. WAL mode lets them run side by side.
  */
-export class Database {
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite' as const;
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly repos: Repositories;
+  private readonly txRepos: Repositories;
+  readonly audit: SqliteAuditRepository;
 
   private constructor(
     private readonly writer: Connection,
     private readonly reader: Connection,
     readonly file: string,
-  ) {}
+    readonly dataDir: string,
+    private readonly observer: StoreObserver,
+  ) {
+    const timed = <T>(p: Promise<T>): Promise<T> => {
+      if (!observer.query) return p;
+      const started = performance.now();
+      return p.finally(() => observer.query!((performance.now() - started) / 1000));
+    };
+    const root: SqlExecutor = {
+      dialect: 'sqlite',
+      inTransaction: false,
+      get: (sql, params) => timed(this.reader.get(sql, params)),
+      all: (sql, params) => timed(this.reader.all(sql, params)),
+      run: (sql, params = []) => timed(this.writeStatement(sql, params)),
+    };
+    const inTx: SqlExecutor = {
+      dialect: 'sqlite',
+      inTransaction: true,
+      get: (sql, params) => timed(this.writer.get(sql, params)),
+      all: (sql, params) => timed(this.writer.all(sql, params)),
+      run: (sql, params) => timed(this.writer.run(sql, params)),
+    };
+    this.repos = sqlRepositories(root);
+    this.txRepos = sqlRepositories(inTx);
+    this.audit = new SqliteAuditRepository(root, this);
+  }
 
-  static async open(dataDir: string): Promise<Database> {
+  get keys() {
+    return this.repos.keys;
+  }
+  get principals() {
+    return this.repos.principals;
+  }
+  get importTokens() {
+    return this.repos.importTokens;
+  }
+  get wrappingKeys() {
+    return this.repos.wrappingKeys;
+  }
+  get settings() {
+    return this.repos.settings;
+  }
+  get changes() {
+    return this.repos.changes;
+  }
+
+  static async open(dataDir: string, observer: StoreObserver = {}): Promise<SqliteStore> {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     const file = path.join(dataDir, 'kmsd.sqlite');
     const writer = await Connection.open(file);
-    const db = new Database(writer, await Connection.open(file), file);
-    await db.migrate();
-    return db;
+    const store = new SqliteStore(writer, await Connection.open(file), file, dataDir, observer);
+    await store.migrate();
+    return store;
   }
 
   /** Applies migrations/NNN-*.sql not yet recorded; each in its own transaction, so re-running is safe. */
@@ -82,20 +129,17 @@ export class Database {
     await this.writer.run(
       'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)',
     );
-    const files = readdirSync(sourceMigrationsDir())
+    const dir = sourceMigrationsDir();
+    const files = readdirSync(dir)
       .filter((f) => /^\d{3}-.*\.sql$/.test(f))
       .sort();
     for (const f of files) {
       const version = Number(f.slice(0, 3));
-      const sql = readFileSync(path.join(sourceMigrationsDir(), f), 'utf8');
-      const done = await this.transaction(async (tx) => {
-        if (await tx.get('SELECT 1 FROM schema_migrations WHERE version = ?', [version])) return false;
+      const sql = readFileSync(path.join(dir, f), 'utf8');
+      const done = await this.inWriteTransaction(async () => {
+        if (await this.writer.get('SELECT 1 FROM schema_migrations WHERE version = ?', [version])) return false;
         await this.writer.exec(sql);
-        await tx.run('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)', [
-          version,
-          f,
-          new Date().toISOString(),
-        ]);
+        await this.writer.run('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)', [version, f, new Date().toISOString()]);
         return true;
       });
       if (done) applied++;
@@ -103,11 +147,14 @@ export class Database {
     return applied;
   }
 
-  get<T = Row>(sql: string, params?: Params): Promise<T | undefined> {
-    return this.reader.get<T>(sql, params);
+  /** Versions recorded in schema_migrations, ascending. */
+  async migrationVersions(): Promise<number[]> {
+    return (await this.reader.all<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version')).map((r) => r.version);
   }
-  all<T = Row>(sql: string, params?: Params): Promise<T[]> {
-    return this.reader.all<T>(sql, params);
+
+  /** The journal mode of the database file (WAL expected). */
+  async journalMode(): Promise<string> {
+    return (await this.reader.get<{ journal_mode: string }>('PRAGMA journal_mode'))!.journal_mode;
   }
 
   /**
@@ -131,8 +178,12 @@ export class Database {
     return result;
   }
 
+  transaction<T>(fn: (tx: Repositories) => Promise<T>): Promise<T> {
+    return this.inWriteTransaction(() => fn(this.txRepos));
+  }
+
   /** Runs `fn` in one write transaction (BEGIN IMMEDIATE), retrying if another process holds the lock. */
-  transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+  private inWriteTransaction<T>(fn: () => Promise<T>): Promise<T> {
     const run = async (): Promise<T> => {
       for (let attempt = 0; ; attempt++) {
         try {
@@ -145,7 +196,7 @@ export class Database {
           throw e;
         }
         try {
-          const out = await fn(this.writer);
+          const out = await fn();
           await this.writer.run('COMMIT');
           return out;
         } catch (e) {
@@ -159,6 +210,48 @@ export class Database {
     return result;
   }
 
+  /**
+   * Several processes on one data dir: after commit a writer appends one byte to a generation
+   * file (O_APPEND: concurrent writers never lose a bump); readers compare the file's inode and
+   * size (one stat(2), ~1 µs) before trusting their in-memory view. The file is replaced (new
+   * inode) when it grows large.
+   */
+  changeSignal(): ChangeSignal {
+    const genFile = path.join(this.dataDir, 'kmsd.generation');
+    return {
+      current() {
+        const st = statSync(genFile, { throwIfNoEntry: false });
+        return st ? `${st.ino}:${st.size}` : '';
+      },
+      async bump() {
+        appendFileSync(genFile, '.');
+        if ((statSync(genFile, { throwIfNoEntry: false })?.size ?? 0) > ROTATE_AT_BYTES) {
+          const tmp = `${genFile}.${process.pid}`;
+          writeFileSync(tmp, '.');
+          renameSync(tmp, genFile);
+        }
+      },
+      close() {},
+    };
+  }
+
+  async ping(): Promise<void> {
+    await this.reader.get('SELECT 1');
+  }
+
+  async isEmpty(): Promise<boolean> {
+    const r = await this.reader.get<{ n: number }>(
+      'SELECT (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM principals) + (SELECT COUNT(*) FROM import_tokens) + (SELECT COUNT(*) FROM audit_events) AS n',
+    );
+    return Number(r?.n ?? 0) === 0;
+  }
+
+  /** Consistent online copy of the database into `file` (kmsctl backup). */
+  async backupTo(file: string): Promise<void> {
+    await this.inWriteTransaction(async () => undefined); // make sure no migration is half-applied
+    await this.reader.get('VACUUM INTO ?', [file]);
+  }
+
   async close(): Promise<void> {
     await this.queue;
     await this.reader.close();
@@ -166,18 +259,54 @@ export class Database {
   }
 }
 
-function isBusy(e: unknown): boolean {
-  return typeof e === 'object' && e !== null && ['SQLITE_BUSY', 'SQLITE_LOCKED'].includes((e as { code?: string }).code ?? '');
+/**
+ * Appends batches to the one hash chain of the data dir with ONE guarded INSERT each: it only
+ * writes if the chain's head is still the one the batch was hashed against (atomic in SQLite: a
+ * stale snapshot cannot take the write lock). If another process appended meanwhile, nothing is
+ * written and the batch is re-chained on the new head.
+ */
+class SqliteAuditRepository extends SqlAuditReads {
+  /** Last committed link of the chain as this process last saw it (another process may have moved on). */
+  private head?: ChainHead;
+
+  constructor(
+    q: SqlExecutor,
+    private readonly store: SqliteStore,
+  ) {
+    super(q);
+  }
+
+  async append(build: (head: ChainHead) => AuditRow[]): Promise<void> {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const head = this.head ?? (await this.readHead());
+      const rows = build(head);
+      if (!rows.length) return;
+      const values = rows.map(() => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ');
+      const res = await this.store.writeStatement(
+        `INSERT INTO audit_events (${AUDIT_COLUMNS})
+         SELECT * FROM (VALUES ${values})
+         WHERE COALESCE((SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), ?) = ?`,
+        [...rows.flatMap(auditParams), '0'.repeat(64), head.hash],
+      );
+      if (res.changes === rows.length) {
+        const last = rows[rows.length - 1]!;
+        this.head = { seq: last.seq, hash: last.hash };
+        return;
+      }
+      this.head = undefined;
+    }
+    throw new Error('audit: could not extend the hash chain (contention)');
+  }
 }
 
-export function isUniqueViolation(e: unknown): boolean {
-  return typeof e === 'object' && e !== null && /UNIQUE constraint failed/.test(String((e as Error).message));
+function isBusy(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && ['SQLITE_BUSY', 'SQLITE_LOCKED'].includes((e as { code?: string }).code ?? '');
 }
 
 /** Migrations are shipped as .sql next to the TypeScript sources (not copied into dist/). */
 function sourceMigrationsDir(): string {
   const compiled = MIGRATIONS_DIR;
-  // dist/src/store/migrations → src/store/migrations
+  // dist/src/store/sqlite/migrations → src/store/sqlite/migrations
   const fromDist = compiled.replace(`${path.sep}dist${path.sep}src${path.sep}`, `${path.sep}src${path.sep}`);
   try {
     readdirSync(fromDist);

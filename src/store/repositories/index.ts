@@ -1,0 +1,20 @@
+import type { Repositories } from '../store.js';
+import { SqlChangesRepository } from './changes.js';
+import { SqlImportTokensRepository } from './import-tokens.js';
+import { SqlKeysRepository } from './keys.js';
+import { SqlPrincipalsRepository } from './principals.js';
+import { SqlSettingsRepository } from './settings.js';
+import type { SqlExecutor } from './sql.js';
+import { SqlWrappingKeysRepository } from './wrapping-keys.js';
+
+/** The shared repositories bound to one executor (a pool, a connection or a transaction). */
+export function sqlRepositories(q: SqlExecutor): Repositories {
+  return {
+    keys: new SqlKeysRepository(q),
+    principals: new SqlPrincipalsRepository(q),
+    importTokens: new SqlImportTokensRepository(q),
+    wrappingKeys: new SqlWrappingKeysRepository(q),
+    settings: new SqlSettingsRepository(q),
+    changes: new SqlChangesRepository(q),
+  };
+}

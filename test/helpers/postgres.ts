@@ -1,0 +1,90 @@
+import { execFile } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import { freePort } from './mongo.js';
+import { TMP_ROOT } from './paths.js';
+
+const run = promisify(execFile);
+const BINDIR = process.env.PG_BINDIR ?? '/usr/lib/postgresql/15/bin';
+const SUPERUSER = 'kmsd';
+
+/** initdb refuses root: as root, every server command runs as the `postgres` OS user. */
+async function asPostgres(cmd: string, args: string[]): Promise<string> {
+  const bin = path.join(BINDIR, cmd);
+  const { stdout } = process.getuid?.() === 0 ? await run('runuser', ['-u', 'postgres', '--', bin, ...args]) : await run(bin, args);
+  return stdout;
+}
+
+async function postgresIds(): Promise<{ uid: number; gid: number } | undefined> {
+  if (process.getuid?.() !== 0) return undefined;
+  const [uid, gid] = await Promise.all([run('id', ['-u', 'postgres']), run('id', ['-g', 'postgres'])]);
+  return { uid: Number(uid.stdout), gid: Number(gid.stdout) };
+}
+
+/**
+ * A throwaway PostgreSQL 15 cluster (scripts/lib.sh ensure_postgres installs it): data dir
+ * under tmp/test owned by postgres, a free port on 127.0.0.1 with trust auth, its unix socket
+ * in the data dir. Tests get a fresh database each from `createDatabase`.
+ */
+export class PostgresServer {
+  private constructor(
+    readonly port: number,
+    readonly dir: string,
+  ) {}
+
+  static async start(name = 'shared'): Promise<PostgresServer> {
+    if (!existsSync(path.join(BINDIR, 'initdb'))) throw new Error(`PostgreSQL not found in ${BINDIR} (scripts/lib.sh ensure_postgres installs it)`);
+    const port = await freePort();
+    const dir = path.join(TMP_ROOT, `pg-${name}-${port}`);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const ids = await postgresIds();
+    if (ids) chownSync(dir, ids.uid, ids.gid);
+    await asPostgres('initdb', ['-D', dir, '-U', SUPERUSER, '--auth=trust', '--locale=C', '--encoding=UTF8', '--no-sync']);
+    const s = new PostgresServer(port, dir);
+    await s.resume();
+    return s;
+  }
+
+  /** (Re)starts the server on its port and data dir; waits until it accepts connections. */
+  async resume(): Promise<void> {
+    // fsync off: a test cluster never has to survive power loss, and the machine is shared.
+    const opts = `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`;
+    await asPostgres('pg_ctl', ['start', '-D', this.dir, '-w', '-t', '60', '-l', path.join(this.dir, 'server.log'), '-o', opts]);
+  }
+
+  /** `immediate` is a crash (what a dying primary looks like); `fast` a clean stop. */
+  async stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    await asPostgres('pg_ctl', ['stop', '-D', this.dir, '-m', mode, '-w']).catch(() => undefined);
+  }
+
+  uri(database: string): string {
+    return `postgresql://${SUPERUSER}@127.0.0.1:${this.port}/${database}`;
+  }
+
+  /** A new, empty database; its URI. */
+  async createDatabase(prefix = 'kmsd'): Promise<string> {
+    const name = `${prefix}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`.replace(/[^a-z0-9_]/g, '_');
+    const c = new pg.Client({ connectionString: this.uri('postgres') });
+    await c.connect();
+    try {
+      await c.query(`CREATE DATABASE ${name}`);
+    } finally {
+      await c.end();
+    }
+    return this.uri(name);
+  }
+
+  /** Runs SQL on a database directly, as an auditor or attacker would. */
+  static async sql<T = Record<string, unknown>>(uri: string, text: string, params: unknown[] = []): Promise<T[]> {
+    const c = new pg.Client({ connectionString: uri });
+    await c.connect();
+    try {
+      return (await c.query(text, params)).rows as T[];
+    } finally {
+      await c.end();
+    }
+  }
+}

@@ -1,0 +1,140 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { expect } from 'chai';
+import { sharedPostgres } from '../helpers/hooks.js';
+import { KMSCTL_BIN } from '../helpers/paths.js';
+import { PostgresServer } from '../helpers/postgres.js';
+import { TestStack, waitFor, type Daemon } from '../helpers/stack.js';
+
+describe('cluster store: kmsd on PostgreSQL (store.postgres)', function () {
+  this.timeout(180_000);
+  let stack: TestStack;
+  let uri: string;
+  let a: Daemon;
+  let b: Daemon;
+
+  before(async () => {
+    uri = await (await sharedPostgres()).createDatabase('daemon');
+    stack = await TestStack.create({ name: 'pg-daemon', config: {} });
+    stack.config.store = { postgres: { uri } };
+    a = await stack.start();
+  });
+  after(() => stack.cleanup());
+
+  it('readyz names the store; /metrics has the store metrics; nothing is written to SQLite', async () => {
+    const r = await a.call('GET', '/readyz', undefined, { token: null, org: null });
+    expect(r.status).to.equal(200);
+    expect(r.body.store).to.equal('postgres');
+    expect(r.body.checks.postgres).to.equal(true);
+    const m = await a.call<string>('GET', '/metrics', undefined, { token: null, org: null });
+    expect(m.body).to.match(/kmsd_store_query_duration_seconds_count [1-9]/);
+    expect(m.body).to.include('kmsd_store_failovers_total 0');
+    expect(existsSync(path.join(stack.dataDir, 'kmsd.sqlite'))).to.equal(false);
+  });
+
+  it('create, encrypt, decrypt, rotate, old ciphertext still decrypts; rows and audit chain are in PostgreSQL', async () => {
+    const k = await a.createKey('pg-basic', 'aes256-gcm96');
+    const enc1 = await a.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGVsbG8=' });
+    expect(enc1.status).to.equal(200);
+    const rot = await a.post(`/keys/${k.identity}/rotate`);
+    expect(rot.status).to.equal(200);
+    expect(rot.body.latestVersion).to.equal(2);
+    const enc2 = await a.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGVsbG8=' });
+    expect(enc2.body.ciphertext).to.match(/^kms:v2:/);
+    for (const c of [enc1.body.ciphertext, enc2.body.ciphertext]) {
+      const dec = await a.post(`/keys/${k.identity}/decrypt`, { ciphertext: c });
+      expect(dec.status).to.equal(200);
+      expect(dec.body.plaintext).to.equal('aGVsbG8=');
+    }
+    const versions = await PostgresServer.sql<{ version: number }>(uri, 'SELECT version FROM key_versions WHERE key_identity = $1 ORDER BY version', [k.identity]);
+    expect(versions.map((v) => v.version)).to.deep.equal([1, 2]);
+    const audit = await PostgresServer.sql<{ action: string }>(uri, 'SELECT action FROM audit_events WHERE key_identity = $1 ORDER BY seq', [k.identity]);
+    expect(audit.map((x) => x.action)).to.include.members(['kms.create', 'kms.encrypt', 'kms.rotate', 'kms.decrypt']);
+    const v = await a.call('GET', '/v1/kms/audit/verify');
+    expect(v.status).to.equal(200);
+    expect(v.body.valid).to.equal(true);
+  });
+
+  it('two daemons on one PostgreSQL and one token: create on A, use on B; disable on A is refused on B', async () => {
+    b = await stack.start();
+    const k = await a.createKey('pg-shared', 'aes256-gcm96');
+    const enc = await waitFor(
+      'encrypt on B with A\u2019s key',
+      async () => {
+        const r = await b.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' });
+        expect([200, 503], JSON.stringify(r.body)).to.include(r.status); // 503 while B re-reads the token index
+        return r.status === 200 ? r : undefined;
+      },
+      20_000,
+      100,
+    );
+    expect((await a.post(`/keys/${k.identity}/decrypt`, { ciphertext: enc.body.ciphertext })).body.plaintext).to.equal('aGk=');
+
+    expect((await a.post(`/keys/${k.identity}/disable`)).status).to.equal(200);
+    // B learns it through LISTEN/NOTIFY and the change log (bounded wait, no timing asserted)
+    await waitFor('B refuses the disabled key', async () => (await b.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' })).status === 409, 10_000, 50);
+  });
+
+  it('concurrent creates of one name on two daemons → exactly one 201, the other 409', async () => {
+    const replies = await Promise.all([a, b, a, b].map((d) => d.post('/keys', { name: 'pg-race', keyType: 'aes256-gcm96' })));
+    expect(replies.map((r) => r.status).sort()).to.deep.equal([201, 409, 409, 409]);
+  });
+
+  it('one audit chain, appended by both daemons, verifies from either', async () => {
+    const k = await b.createKey('pg-audit', 'aes256-gcm96');
+    await Promise.all(
+      Array.from({ length: 40 }, (_, i) => (i % 2 ? a : b).post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' }).then((r) => expect([200, 503]).to.include(r.status))),
+    );
+    for (const d of [a, b]) {
+      const v = await d.call('GET', '/v1/kms/audit/verify');
+      expect(v.body.valid, JSON.stringify(v.body)).to.equal(true);
+    }
+    const seqs = await PostgresServer.sql<{ n: string; max: string }>(uri, 'SELECT COUNT(*) AS n, MAX(seq) AS max FROM audit_events');
+    expect(seqs[0]!.n).to.equal(seqs[0]!.max);
+  });
+});
+
+describe('kmsctl migrate-store: a single-host SQLite installation into an empty PostgreSQL store', function () {
+  this.timeout(180_000);
+  let stack: TestStack;
+  after(() => stack.cleanup());
+
+  it('copies keys, versions and the audit chain as it is plus one kms.store.migrate record; keys usable at once; a non-empty target is refused', async () => {
+    stack = await TestStack.create({ name: 'pg-migrate' });
+    const old = await stack.start();
+    const k = await old.createKey('to-migrate', 'aes256-gcm96');
+    await old.post(`/keys/${k.identity}/rotate`);
+    const enc = await old.post(`/keys/${k.identity}/encrypt`, { plaintext: 'b2xk' });
+    expect(enc.status).to.equal(200);
+    const before = (await old.call('GET', '/v1/kms/audit/verify')).body;
+    expect(before.valid).to.equal(true);
+    await old.stop();
+
+    const uri = await (await sharedPostgres()).createDatabase('migrate');
+    const fromConfig = stack.writeConfig({}, 'from.yaml');
+    const toConfig = stack.writeConfig({ store: { postgres: { uri } } }, 'to.yaml');
+    const migrate = () => spawnSync(process.execPath, [KMSCTL_BIN, 'migrate-store', '--from-config', fromConfig, '--to-config', toConfig], { env: stack.env, encoding: 'utf8' });
+    const first = migrate();
+    expect(first.status, first.stderr).to.equal(0);
+    expect(JSON.parse(first.stdout)).to.deep.include({ auditRecords: before.events, auditChain: { valid: true, events: before.events + 1 } });
+
+    const rows = await PostgresServer.sql<{ action: string }>(uri, 'SELECT action FROM audit_events ORDER BY seq DESC LIMIT 1');
+    expect(rows[0]!.action).to.equal('kms.store.migrate');
+
+    const second = migrate();
+    expect(second.status).to.not.equal(0);
+    expect(second.stderr).to.match(/not empty/);
+    expect(await PostgresServer.sql(uri, "SELECT 1 FROM audit_events WHERE action = 'kms.store.migrate'")).to.have.length(1);
+
+    const moved = await stack.start({ store: { postgres: { uri } } });
+    const dec = await moved.post(`/keys/${k.identity}/decrypt`, { ciphertext: enc.body.ciphertext });
+    expect(dec.status, JSON.stringify(dec.body)).to.equal(200);
+    expect(dec.body.plaintext).to.equal('b2xk');
+    const got = await moved.get(`/keys/${k.identity}`);
+    expect(got.body.latestVersion).to.equal(2);
+    const v = await moved.call('GET', '/v1/kms/audit/verify');
+    expect(v.body.valid).to.equal(true);
+    expect(v.body.events).to.be.greaterThan(before.events);
+  });
+});
