@@ -25,6 +25,6 @@ export const mochaHooks = {
   async afterAll(this: Mocha.Context) {
     this.timeout(60_000);
     await shared?.stop();
-    if (sharedPg) await (await sharedPg.catch(() => undefined))?.stop();
+    if (sharedPg) await (await sharedPg.catch(() => undefined))?.destroy();
   },
 };

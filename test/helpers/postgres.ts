@@ -60,6 +60,12 @@ export class PostgresServer {
     await asPostgres('pg_ctl', ['stop', '-D', this.dir, '-m', mode, '-w']).catch(() => undefined);
   }
 
+  /** Stops the server and removes its data dir (kept with KMSD_KEEP_TEST_DIRS). */
+  async destroy(): Promise<void> {
+    await this.stop();
+    if (!process.env.KMSD_KEEP_TEST_DIRS) rmSync(this.dir, { recursive: true, force: true });
+  }
+
   uri(database: string): string {
     return `postgresql://${SUPERUSER}@127.0.0.1:${this.port}/${database}`;
   }
