@@ -94,6 +94,9 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
         });
       } catch (auditErr) {
         s.log.error('audit record failed', { requestId, error: String(auditErr) });
+        // Fail-closed on a store that is failing over: 503 StoreUnavailable (retry), not a bug.
+        const am = mapError(auditErr, region);
+        if (am.code === 'StoreUnavailable') return { status: am.status, body: errorBody(am, requestId) };
         return { status: 500, body: errorBody({ status: 500, code: 'InternalError', message: 'audit trail unavailable' }, requestId) };
       }
       return { status: m.status, body: errorBody(m, requestId) };

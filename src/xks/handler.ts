@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Services } from '../api/services.js';
 import type { AuditOutcome } from '../audit/audit-log.js';
+import { KmsError } from '../errors.js';
 import { errorBody, toXksError, XksError } from './errors.js';
 import type { Keystore } from './keystores.js';
 import { XksOperations, type AuditNote } from './operations.js';
@@ -134,8 +135,10 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
           });
       } catch (auditErr) {
         s.log.error('xks audit record failed', { requestId, error: String(auditErr) });
-        outcome = 'InternalException';
-        send(res, 500, errorBody(new XksError('InternalException', 'audit trail unavailable')), requestId);
+        // The store is failing over: retryable (503), like any unavailable dependency.
+        const failed = auditErr instanceof KmsError && auditErr.code === 'StoreUnavailable' ? toXksError(auditErr) : new XksError('InternalException', 'audit trail unavailable');
+        outcome = failed.errorName;
+        send(res, failed.status, errorBody(failed), requestId);
         return;
       }
       const extra: Record<string, string> = {};

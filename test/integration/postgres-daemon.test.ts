@@ -142,3 +142,47 @@ describe('kmsctl migrate-store: a single-host SQLite installation into an empty 
     expect(v.body.events).to.be.greaterThan(before.events);
   });
 });
+
+describe('cluster store: PostgreSQL unavailable → 503 StoreUnavailable, then recovery without a restart', function () {
+  this.timeout(240_000);
+  let stack: TestStack;
+  let server: PostgresServer;
+  after(async () => {
+    await stack?.cleanup();
+    await server?.destroy();
+  });
+
+  it('a write while no server accepts it answers 503 StoreUnavailable (never 500); the node reconnects by itself and counts the failover', async () => {
+    server = await PostgresServer.start('outage');
+    const uri = await server.createDatabase('outage');
+    stack = await TestStack.create({ name: 'pg-outage' });
+    const d = await stack.start({ store: { postgres: { uri } } });
+    const k = await d.createKey('before-outage', 'aes256-gcm96');
+
+    await server.stop('immediate');
+    const during = await Promise.all([
+      d.post('/keys', { name: 'during-outage', keyType: 'aes256-gcm96' }),
+      d.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' }), // fail-closed: its audit record cannot commit
+    ]);
+    for (const r of during) {
+      expect(r.status, JSON.stringify(r.body)).to.equal(503);
+      expect(r.body.code).to.equal('StoreUnavailable');
+    }
+    const ready = await d.call('GET', '/readyz', undefined, { token: null, org: null });
+    expect(ready.status).to.equal(503);
+    expect(ready.body.down).to.include('postgres');
+
+    await server.resume();
+    const enc = await waitFor('encrypt works again', async () => {
+      const r = await d.post(`/keys/${k.identity}/encrypt`, { plaintext: 'aGk=' });
+      expect([200, 503]).to.include(r.status);
+      return r.status === 200 ? r : undefined;
+    }, 60_000, 250);
+    expect((await d.post(`/keys/${k.identity}/decrypt`, { ciphertext: enc.body.ciphertext })).body.plaintext).to.equal('aGk=');
+    expect((await d.post('/keys', { name: 'after-outage', keyType: 'aes256-gcm96' })).status).to.equal(201);
+    const m = await d.call<string>('GET', '/metrics', undefined, { token: null, org: null });
+    expect(Number(/^kmsd_store_failovers_total(?:\{[^}]*\})? (\d+)$/m.exec(m.body)?.[1] ?? 0)).to.be.greaterThan(0);
+    expect((await d.call('GET', '/v1/kms/audit/verify')).body.valid).to.equal(true);
+    expect(d.alive).to.equal(true);
+  });
+});

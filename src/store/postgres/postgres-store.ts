@@ -390,8 +390,19 @@ export class PostgresStore implements Store {
     await this.execute('SELECT pg_notify(?, ?)', [CHANGES_CHANNEL, String(process.pid)]);
   }
 
+  /** Readiness: one attempt, no waiting out a failover (a probe must answer at once). */
   async ping(): Promise<void> {
-    await this.execute('SELECT 1');
+    const pool = this.pool;
+    if (!pool) {
+      void this.currentPool().catch(() => undefined); // keep looking in the background
+      throw storeUnavailable('no PostgreSQL primary selected');
+    }
+    try {
+      await pool.query('SELECT 1');
+    } catch (e) {
+      if (isConnectionError(e)) this.lost(pool, e);
+      throw typed(e);
+    }
   }
 
   async isEmpty(): Promise<boolean> {
