@@ -10,6 +10,7 @@ import type { Services } from './api/services.js';
 import { AuditLog } from './audit/audit-log.js';
 import { ThreadedAuditSink } from './audit/writer-thread.js';
 import { ClusterAuditSink } from './audit/cluster-sink.js';
+import { localProcessAlive, NodeLeaseKeeper } from './cluster/liveness.js';
 import { CLOCK_CHANGED, PRINCIPALS_CHANGED, PrincipalDirectory } from './auth/principals.js';
 import { ByokService } from './byok/byok-service.js';
 import { Clock } from './clock.js';
@@ -91,6 +92,10 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   if (config.testing.clockControl) log.warn('testing.clockControl is ON: the daemon clock can be moved over HTTP. Never use this in production.');
 
   const installation = await installationId(store);
+  // Cluster mode: liveness of another node's process comes from its lease in the store.
+  const lease = store.kind === 'postgres' ? new NodeLeaseKeeper(store.leases, (e) => log.warn('node lease renewal failed', { error: String(e) })) : undefined;
+  await lease?.start();
+  const creatorAlive = lease?.alive ?? localProcessAlive;
   const tokens = new Map<string, RegionToken>();
   for (const r of config.regions) {
     const pin = readSecret(r.pinEnv, r.pinFile, `regions[${r.name}] PIN`);
@@ -110,7 +115,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const reconcile = async (region: string) => {
     const t = tokens.get(region)!;
     if (!t.available) return;
-    const r = await reconcileRegion(t, store.keys, log, startedAtMs, installation);
+    const r = await reconcileRegion(t, store.keys, log, startedAtMs, installation, creatorAlive);
     if (r.destroyed) metrics.orphans.inc({ region, action: 'destroyed' }, r.destroyed);
     if (r.inFlight) metrics.orphans.inc({ region, action: 'in_flight' }, r.inFlight);
   };
@@ -128,7 +133,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     metrics.rotations.inc({ trigger }, n),
   );
   const crypto = new CryptoService(regions);
-  const byok = new ByokService({ store, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
+  const byok = new ByokService({ store, creatorAlive, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
 
   const scheduler = new Scheduler(
     config.mongodbUri,
@@ -211,6 +216,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       ]);
       await scheduler.stop();
       await audit.close();
+      await lease?.stop();
       feed.close();
       await store.close();
       await regions.stop();

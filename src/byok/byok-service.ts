@@ -6,6 +6,7 @@ import type { CreateKeyInput, KeyService, Scope } from '../keys/key-service.js';
 import { isAsymmetric, KEY_TYPES, type KeyType } from '../keys/key-types.js';
 import { findVersion, slugify, type KeyRecord } from '../keys/model.js';
 import type { RotationService } from '../rotation/rotation-service.js';
+import type { CreatorAlive } from '../cluster/liveness.js';
 import type { Store } from '../store/store.js';
 import type { HashName } from '../token/constants.js';
 import type { RegionToken } from '../token/region-token.js';
@@ -34,6 +35,8 @@ export interface ExportResult {
 
 export interface ByokDeps {
   store: Store;
+  /** Whether the process that made a token object still runs (see cluster/liveness.ts). */
+  creatorAlive?: CreatorAlive;
   regions: RegionRegistry;
   keys: KeyService;
   rotation: RotationService;
@@ -53,7 +56,7 @@ export class ByokService {
   readonly importTokens: ImportTokens;
 
   constructor(private readonly d: ByokDeps) {
-    this.wrappingKeys = new WrappingKeys(d.store.wrappingKeys, d.regions, d.clock, d.log);
+    this.wrappingKeys = new WrappingKeys(d.store.wrappingKeys, d.regions, d.clock, d.log, d.creatorAlive);
     this.importTokens = new ImportTokens(d.store.importTokens, d.regions, d.clock, d.log);
   }
 

@@ -1,4 +1,5 @@
 import type { Logger } from 'winston';
+import { localProcessAlive, type CreatorAlive } from '../cluster/liveness.js';
 import { KEY_OBJECT_PREFIX } from '../keys/key-service.js';
 import type { KeysRepository } from '../store/store.js';
 import type { RegionToken } from '../token/region-token.js';
@@ -10,22 +11,12 @@ export interface ReconcileResult {
   inFlight: number;
 }
 
-function processAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * Finds token objects carrying this installation's key CKA_ID
  * (`kmsd/k/<key>/<ms>.<pid>.<rand>@<installation>`) that no
  * version row in the store names. Rule (documented in the README): such an object was generated
  * but never recorded, so no ciphertext or signature was ever made with it; it is **destroyed**,
- * never adopted — once its creator process is gone (or after 10 minutes); while the creator
+ * never adopted — once its creator process is gone (in cluster mode: its node's lease expired) or after 10 minutes; while the creator
  * still runs it is counted as in flight and looked at again on the next pass.
  */
 export async function reconcileRegion(
@@ -34,6 +25,7 @@ export async function reconcileRegion(
   log: Logger,
   startedAtMs: number,
   installation: string,
+  creatorAlive: CreatorAlive = localProcessAlive,
 ): Promise<ReconcileResult> {
   const known = await repo.allCkaIds();
   const res: ReconcileResult = { destroyed: 0, inFlight: 0 };
@@ -46,7 +38,7 @@ export async function reconcileRegion(
     const createdMs = Number(m[1]);
     const pid = Number(m[2]);
     const ownEarlierLife = pid === process.pid && createdMs < startedAtMs;
-    const orphan = ownEarlierLife || !processAlive(pid) || Date.now() - createdMs > IN_FLIGHT_GRACE_MS;
+    const orphan = ownEarlierLife || Date.now() - createdMs > IN_FLIGHT_GRACE_MS || !(await creatorAlive(pid));
     if (!orphan) {
       res.inFlight++;
       continue;

@@ -122,6 +122,22 @@ export interface ChangesRepository {
   last(): Promise<number>;
 }
 
+export interface NodeLease {
+  nodeId: string;
+  host: string;
+  pid: number;
+  /** Real time (ms since the epoch) until which the node counts as alive. */
+  expiresAtMs: number;
+}
+
+/** Leases of running kmsd processes (cluster-wide liveness for reconciliation). */
+export interface LeasesRepository {
+  renew(lease: NodeLease): Promise<void>;
+  /** Process ids of the nodes whose lease runs past `nowMs`. */
+  livePids(nowMs: number): Promise<Set<number>>;
+  release(nodeId: string): Promise<void>;
+}
+
 /** A stored audit record with its chain links. */
 export interface AuditRow {
   seq: number;
@@ -178,6 +194,7 @@ export interface Repositories {
   wrappingKeys: WrappingKeysRepository;
   settings: SettingsRepository;
   changes: ChangesRepository;
+  leases: LeasesRepository;
 }
 
 /**

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { AuditLog } from '../../src/audit/audit-log.js';
 import { Clock } from '../../src/clock.js';
+import { NodeLeaseKeeper } from '../../src/cluster/liveness.js';
 import type { KeyRecord } from '../../src/keys/model.js';
 import { ChangeFeed } from '../../src/store/change-feed.js';
 import { PostgresStore } from '../../src/store/postgres/postgres-store.js';
@@ -205,6 +206,20 @@ for (const [kind, makeLocation] of Object.entries(BACKENDS)) {
       expect(x).to.equal(y);
       await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).transaction((tx) => tx.settings.addInteger('clock_t', 1000))));
       expect(await a.settings.get('clock_t')).to.equal('10000');
+    });
+
+    it('node leases: a creator counts as alive while its lease runs, not after it expired or was released', async () => {
+      const now = Date.now();
+      await a.leases.renew({ nodeId: 'host-x/4242/aa', host: 'host-x', pid: 4242, expiresAtMs: now + 30_000 });
+      await a.leases.renew({ nodeId: 'host-y/4343/bb', host: 'host-y', pid: 4343, expiresAtMs: now - 1 });
+      const live = await b.leases.livePids(now);
+      expect(live.has(4242)).to.equal(true);
+      expect(live.has(4343), 'expired lease').to.equal(false);
+      const keeper = new NodeLeaseKeeper(b.leases, () => undefined);
+      expect(await keeper.alive(4242)).to.equal(true);
+      expect(await keeper.alive(4343)).to.equal(false);
+      await a.leases.release('host-x/4242/aa');
+      expect(await keeper.alive(4242), 'released lease').to.equal(false);
     });
 
     it('change feed: a change committed on one node is replayed by the other', async () => {

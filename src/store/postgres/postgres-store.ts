@@ -167,6 +167,9 @@ export class PostgresStore implements Store {
   get changes() {
     return this.repos.changes;
   }
+  get leases() {
+    return this.repos.leases;
+  }
 
   /** Connects (waiting up to FAILOVER_WAIT_MS for a primary) and applies pending migrations. */
   static async open(opts: PostgresOptions): Promise<PostgresStore> {

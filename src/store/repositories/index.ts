@@ -2,6 +2,7 @@ import type { Repositories } from '../store.js';
 import { SqlChangesRepository } from './changes.js';
 import { SqlImportTokensRepository } from './import-tokens.js';
 import { SqlKeysRepository } from './keys.js';
+import { SqlLeasesRepository } from './leases.js';
 import { SqlPrincipalsRepository } from './principals.js';
 import { SqlSettingsRepository } from './settings.js';
 import type { SqlExecutor } from './sql.js';
@@ -16,5 +17,6 @@ export function sqlRepositories(q: SqlExecutor): Repositories {
     wrappingKeys: new SqlWrappingKeysRepository(q),
     settings: new SqlSettingsRepository(q),
     changes: new SqlChangesRepository(q),
+    leases: new SqlLeasesRepository(q),
   };
 }

@@ -113,6 +113,9 @@ export class SqliteStore implements Store {
   get changes() {
     return this.repos.changes;
   }
+  get leases() {
+    return this.repos.leases;
+  }
 
   static async open(dataDir: string, observer: StoreObserver = {}): Promise<SqliteStore> {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
