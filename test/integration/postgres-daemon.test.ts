@@ -6,6 +6,7 @@ import { sharedPostgres } from '../helpers/hooks.js';
 import { KMSCTL_BIN } from '../helpers/paths.js';
 import { PostgresServer } from '../helpers/postgres.js';
 import { sql } from '../helpers/sqlite.js';
+import { inspectToken } from '../helpers/token-inspect.js';
 import { TestStack, waitFor, type Daemon } from '../helpers/stack.js';
 
 describe('cluster store: kmsd on PostgreSQL (store.postgres)', function () {
@@ -184,5 +185,52 @@ describe('cluster store: PostgreSQL unavailable → 503 StoreUnavailable, then r
     expect(Number(/^kmsd_store_failovers_total(?:\{[^}]*\})? (\d+)$/m.exec(m.body)?.[1] ?? 0)).to.be.greaterThan(0);
     expect((await d.call('GET', '/v1/kms/audit/verify')).body.valid).to.equal(true);
     expect(d.alive).to.equal(true);
+  });
+});
+
+describe('cluster store: rotations across two nodes on PostgreSQL', function () {
+  this.timeout(240_000);
+  let stack: TestStack;
+  after(() => stack.cleanup());
+
+  it('parallel manual rotations split over two nodes → contiguous versions; 20 due keys → each rotated exactly once cluster-wide, token objects = versions', async () => {
+    const uri = await (await sharedPostgres()).createDatabase('rotate');
+    stack = await TestStack.create({ name: 'pg-rotate', config: { rotation: { evaluationIntervalSeconds: 1, maxManualRotations: 10 } } });
+    stack.config.store = { postgres: { uri } };
+    const a = await stack.start();
+    const b = await stack.start();
+
+    const manual = await a.createKey('pg-manual', 'aes256-gcm96');
+    await waitFor('B knows the key', async () => (await b.get(`/keys/${manual.identity}`)).status === 200, 10_000, 50);
+    const replies = await Promise.all(Array.from({ length: 8 }, (_, i) => (i % 2 ? a : b).post(`/keys/${manual.identity}/rotate`)));
+    // each node queues its own; across nodes the key row lock (FOR UPDATE) orders them: none lost
+    for (const r of replies) expect(r.status, JSON.stringify(r.body)).to.equal(200);
+    const versions = await PostgresServer.sql<{ version: number }>(uri, 'SELECT version FROM key_versions WHERE key_identity = $1 ORDER BY version', [manual.identity]);
+    expect(versions.map((v) => v.version)).to.deep.equal([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(replies.map((r) => r.body.latestVersion).sort()).to.deep.equal([2, 3, 4, 5, 6, 7, 8, 9]);
+
+    const ids: string[] = [];
+    const batch = await Promise.all(
+      Array.from({ length: 20 }, (_, j) => (j % 2 ? a : b).createKey(`pg-due-${j}`, 'aes256-gcm96', { keyRotationEnabled: true, rotationPeriodInDays: 1 })),
+    );
+    ids.push(...batch.map((k) => k.identity));
+    await a.advanceClock(2 * 86_400);
+    await waitFor(
+      'all 20 rotated',
+      async () => Number((await PostgresServer.sql<{ n: number }>(uri, "SELECT COUNT(*) AS n FROM keys WHERE slug LIKE 'pg-due-%' AND latest_version >= 2"))[0]!.n) === 20,
+      120_000,
+      500,
+    );
+    await new Promise((res) => setTimeout(res, 3000)); // further evaluations on both nodes must not add versions
+    const counts = await PostgresServer.sql<{ n: number }>(
+      uri,
+      "SELECT COUNT(*) AS n FROM key_versions WHERE key_identity IN (SELECT identity FROM keys WHERE slug LIKE 'pg-due-%') GROUP BY key_identity",
+    );
+    expect(counts).to.have.length(20);
+    expect(counts.every((c) => Number(c.n) === 2)).to.equal(true);
+    const audit = await PostgresServer.sql<{ n: number }>(uri, "SELECT COUNT(*) AS n FROM audit_events WHERE action = 'kms.rotate.scheduled'");
+    expect(Number(audit[0]!.n)).to.equal(20);
+    const objects = inspectToken(stack, 'kmsd-nl-01').filter((o) => ids.some((id) => o.id.startsWith(`kmsd/k/${id}/`)));
+    expect(objects).to.have.length(40);
   });
 });

@@ -475,12 +475,14 @@ class PostgresChangeSignal implements ChangeSignal {
         try {
           const c = await this.store.listenClient();
           c.on('notification', () => this.generation++);
-          c.on('error', () => {
+          const dropped = () => {
             if (this.client === c) {
               this.connecting = false;
               this.reconnect();
             }
-          });
+          };
+          c.on('error', dropped);
+          c.on('end', dropped);
           await c.query(`LISTEN ${CHANGES_CHANNEL}`);
           if (this.stopped) {
             await c.end().catch(() => undefined);
