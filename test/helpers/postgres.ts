@@ -48,6 +48,36 @@ export class PostgresServer {
     return s;
   }
 
+  /**
+   * A streaming standby of `primary` made with `pg_basebackup -R` (its own port and data dir),
+   * started; the primary then waits for it on every commit (synchronous replication).
+   */
+  static async startStandby(primary: PostgresServer, name = 'standby'): Promise<PostgresServer> {
+    const port = await freePort();
+    const dir = path.join(TMP_ROOT, `pg-${name}-${port}`);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const ids = await postgresIds();
+    if (ids) chownSync(dir, ids.uid, ids.gid);
+    await asPostgres('pg_basebackup', ['-h', '127.0.0.1', '-p', String(primary.port), '-U', SUPERUSER, '-D', dir, '-R', '-X', 'stream', '--checkpoint=fast', '--no-sync']);
+    const s = new PostgresServer(port, dir);
+    await s.resume();
+    await PostgresServer.sql(primary.uri('postgres'), "ALTER SYSTEM SET synchronous_standby_names = '*'");
+    await PostgresServer.sql(primary.uri('postgres'), 'SELECT pg_reload_conf()');
+    for (let i = 0; ; i++) {
+      const rows = await PostgresServer.sql<{ sync_state: string }>(primary.uri('postgres'), 'SELECT sync_state FROM pg_stat_replication');
+      if (rows.some((r) => r.sync_state === 'sync')) break;
+      if (i > 300) throw new Error('standby did not become a synchronous replica');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return s;
+  }
+
+  /** Makes a standby the primary (`pg_ctl promote`), waiting until it accepts writes. */
+  async promote(): Promise<void> {
+    await asPostgres('pg_ctl', ['promote', '-D', this.dir, '-w', '-t', '60']);
+  }
+
   /** (Re)starts the server on its port and data dir; waits until it accepts connections. */
   async resume(): Promise<void> {
     // fsync off: a test cluster never has to survive power loss, and the machine is shared.

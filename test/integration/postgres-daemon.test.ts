@@ -234,3 +234,72 @@ describe('cluster store: rotations across two nodes on PostgreSQL', function () 
     expect(objects).to.have.length(40);
   });
 });
+
+describe('cluster store: failover to a promoted synchronous standby under load', function () {
+  this.timeout(300_000);
+  let stack: TestStack;
+  let primary: PostgresServer;
+  let standby: PostgresServer;
+  after(async () => {
+    await stack?.cleanup();
+    await primary?.destroy();
+    await standby?.destroy();
+  });
+
+  it('the primary killed (pg_ctl stop -m immediate), the standby promoted: no 5xx but 503, writes resume, nothing acknowledged is lost, the chain verifies', async () => {
+    primary = await PostgresServer.start('failover-primary');
+    const primaryUri = await primary.createDatabase('failover');
+    const db = primaryUri.slice(primaryUri.lastIndexOf('/') + 1);
+    standby = await PostgresServer.startStandby(primary, 'failover-standby');
+    const uri = `postgresql://kmsd@127.0.0.1:${primary.port},127.0.0.1:${standby.port}/${db}?target_session_attrs=read-write`;
+    stack = await TestStack.create({ name: 'pg-failover' });
+    const d = await stack.start({ store: { postgres: { uri } } });
+    const k = await d.createKey('failover-enc', 'aes256-gcm96');
+
+    const created: string[] = [];
+    const ciphertexts: string[] = [];
+    const statuses = new Map<number, number>();
+    let stop = false;
+    let afterPromotion = 0;
+    let promoted = false;
+    const worker = async (w: number) => {
+      for (let i = 0; !stop; i++) {
+        const c = await d.post('/keys', { name: `fo-${w}-${i}`, keyType: 'aes256-gcm96' });
+        statuses.set(c.status, (statuses.get(c.status) ?? 0) + 1);
+        if (c.status === 201) {
+          created.push(c.body.identity);
+          if (promoted) afterPromotion++;
+        }
+        const e = await d.post(`/keys/${k.identity}/encrypt`, { plaintext: Buffer.from(`m-${w}-${i}`).toString('base64') });
+        statuses.set(e.status, (statuses.get(e.status) ?? 0) + 1);
+        if (e.status === 200) ciphertexts.push(e.body.ciphertext);
+      }
+    };
+    const load = Promise.all([0, 1, 2].map(worker));
+    await waitFor('some load before the failure', async () => created.length >= 6, 60_000, 50);
+
+    await primary.stop('immediate');
+    await standby.promote();
+    promoted = true;
+    await waitFor('writes resume on the promoted standby', async () => afterPromotion >= 3, 60_000, 100).catch((e) => {
+      throw new Error(`${(e as Error).message}; statuses ${JSON.stringify(Object.fromEntries(statuses))}; log:\n${d.logs.slice(-3000)}`);
+    });
+    stop = true;
+    await load;
+
+    const codes = [...statuses.keys()];
+    expect(codes.filter((c) => c >= 500 && c !== 503), JSON.stringify(Object.fromEntries(statuses))).to.deep.equal([]);
+    expect(codes.every((c) => [200, 201, 503].includes(c)), JSON.stringify(Object.fromEntries(statuses))).to.equal(true);
+
+    // every acknowledged key and ciphertext is there, on the new primary
+    const stored = new Set((await PostgresServer.sql<{ identity: string }>(standby.uri(db), 'SELECT identity FROM keys')).map((r) => r.identity));
+    expect(created.filter((id) => !stored.has(id))).to.deep.equal([]);
+    for (const id of created.slice(-5)) expect((await d.get(`/keys/${id}`)).status).to.equal(200);
+    for (const c of ciphertexts.slice(-10)) expect((await d.post(`/keys/${k.identity}/decrypt`, { ciphertext: c })).status).to.equal(200);
+    expect((await d.call('GET', '/v1/kms/audit/verify')).body.valid).to.equal(true);
+    const m = await d.call<string>('GET', '/metrics', undefined, { token: null, org: null });
+    expect(Number(/^kmsd_store_failovers_total(?:\{[^}]*\})? (\d+)$/m.exec(m.body)?.[1] ?? 0)).to.be.greaterThan(0);
+    const ready = await d.call('GET', '/readyz', undefined, { token: null, org: null });
+    expect(ready.body.checks.postgres).to.equal(true);
+  });
+});

@@ -134,6 +134,7 @@ export class PostgresStore implements Store {
   private closed = false;
   private readonly target: ReturnType<typeof parseMultiHostUri>;
   private readonly signals = new Set<PostgresChangeSignal>();
+  private readonly guarded = new WeakSet<pg.PoolClient>();
 
   private constructor(private readonly opts: PostgresOptions) {
     this.target = parseMultiHostUri(opts.uri);
@@ -259,7 +260,14 @@ export class PostgresStore implements Store {
     for (;;) {
       const pool = await this.currentPool();
       try {
-        return await pool.connect();
+        const client = await pool.connect();
+        // A checked-out client whose server goes away emits 'error' (an unhandled one kills the
+        // process); its pending query fails on its own, so here it only marks the pool lost.
+        if (!this.guarded.has(client)) {
+          this.guarded.add(client);
+          client.on('error', (e) => this.lost(pool, e));
+        }
+        return client;
       } catch (e) {
         if (!isConnectionError(e)) throw e;
         this.lost(pool, e);
