@@ -18,6 +18,8 @@ interface Location {
   open(): Promise<Store>;
   /** Tampers with the audit table directly, bypassing kmsd. */
   tamper(sql: string): Promise<void>;
+  /** PostgreSQL only: runs SQL on the store's database as an operator would. */
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
 }
 
 const BACKENDS: Record<'sqlite' | 'postgres', () => Promise<Location>> = {
@@ -32,6 +34,7 @@ const BACKENDS: Record<'sqlite' | 'postgres', () => Promise<Location>> = {
         await s.writeStatement(sql, []);
         await s.close();
       },
+      query: () => Promise.reject(new Error('PostgreSQL only')),
     };
   },
   async postgres() {
@@ -39,6 +42,7 @@ const BACKENDS: Record<'sqlite' | 'postgres', () => Promise<Location>> = {
     return {
       open: () => PostgresStore.open({ uri }),
       tamper: async (sql) => void (await PostgresServer.sql(uri, sql)),
+      query: <T>(sql: string, params?: unknown[]) => PostgresServer.sql<T>(uri, sql, params),
     };
   },
 };
@@ -78,6 +82,16 @@ function newKey(over: Partial<KeyRecord> = {}): KeyRecord {
     versions: [{ version: 1, ckaId: `${identity}/v1`, status: 'enabled', origin: 'generated', createdAt: now }],
     ...over,
   } as KeyRecord;
+}
+
+/** Polls `fn` until it answers (bounded: 20 s). */
+async function waitUntil<T>(fn: () => Promise<T | undefined>): Promise<T> {
+  for (let i = 0; i < 400; i++) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('condition not reached in 20 s');
 }
 
 /** Adds one version the way rotation does: re-read in the transaction, then compare-and-set. */
@@ -242,6 +256,33 @@ for (const [kind, makeLocation] of Object.entries(BACKENDS)) {
         feedB.close();
       }
     });
+
+    if (kind === 'postgres')
+      it('change feed: a change committed while the LISTEN connection was down is replayed after it reconnects', async () => {
+        const seen: string[] = [];
+        const feedB = new ChangeFeed(b.changeSignal(), b.changes, async (ids) => void seen.push(...ids));
+        await feedB.init();
+        const listeners = async () =>
+          (await loc.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")).map((r) => r.pid);
+        try {
+          const before = await waitUntil(async () => ((await listeners()).length ? await listeners() : undefined));
+          // one round trip: B's connection is cut, a change is committed and notified before B can listen again
+          const missed = `missed-${Math.random().toString(36).slice(2)}`;
+          await loc.query(
+            `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%';
+             INSERT INTO key_changes (key_identity) VALUES ('${missed}');
+             SELECT pg_notify('kmsd_changes', 'missed');`,
+          );
+          await waitUntil(async () => {
+            await feedB.check();
+            return seen.includes(missed) || undefined;
+          });
+          const after = await listeners();
+          expect(after.some((pid) => !before.includes(pid)), 'B listens again on a new connection').to.equal(true);
+        } finally {
+          feedB.close();
+        }
+      });
 
     it('audit: concurrent group commits from two nodes form one valid chain; tampering is detected', async () => {
       const clock = new Clock();
