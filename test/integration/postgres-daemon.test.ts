@@ -303,3 +303,53 @@ describe('cluster store: failover to a promoted synchronous standby under load',
     expect(ready.body.checks.postgres).to.equal(true);
   });
 });
+
+describe('cluster store: SIGKILL of one node during a rotation storm', function () {
+  this.timeout(300_000);
+  let stack: TestStack;
+  after(() => stack.cleanup());
+
+  it('the other node keeps serving; the killed node restarts consistent; its orphans are destroyed once its lease expired, never the live node\u2019s objects', async () => {
+    const uri = await (await sharedPostgres()).createDatabase('storm');
+    stack = await TestStack.create({ name: 'pg-storm', config: { rotation: { evaluationIntervalSeconds: 1, maxManualRotations: 1000 } } });
+    stack.config.store = { postgres: { uri } };
+    let a = await stack.start();
+    const b = await stack.start();
+    const keys = await Promise.all(Array.from({ length: 4 }, (_, i) => a.createKey(`storm-${i}`, 'aes256-gcm96')));
+    const ciphertexts: { key: string; ct: string }[] = [];
+    for (let round = 0; round < 3; round++) {
+      for (const k of keys) {
+        const e = await b.post(`/keys/${k.identity}/encrypt`, { plaintext: 'c3Rvcm0=' });
+        expect([200, 503], JSON.stringify(e.body)).to.include(e.status);
+        if (e.status === 200) ciphertexts.push({ key: k.identity, ct: e.body.ciphertext });
+      }
+      const onA = keys.flatMap((k) => Array.from({ length: 3 }, () => a.post(`/keys/${k.identity}/rotate`).catch(() => undefined)));
+      const onB = keys.flatMap((k) => Array.from({ length: 3 }, () => b.post(`/keys/${k.identity}/rotate`)));
+      await new Promise((res) => setTimeout(res, 40 + round * 30));
+      await a.kill();
+      await Promise.all(onA);
+      for (const r of await Promise.all(onB)) expect([200, 409, 503], JSON.stringify(r.body)).to.include(r.status);
+      stack.daemons.splice(stack.daemons.indexOf(a), 1);
+      a = await stack.start();
+    }
+    expect(b.alive).to.equal(true);
+    for (const k of keys) {
+      const v = await PostgresServer.sql<{ version: number }>(uri, 'SELECT version FROM key_versions WHERE key_identity = $1 ORDER BY version', [k.identity]);
+      expect(v.map((x) => x.version)).to.deep.equal(Array.from({ length: v.length }, (_, i) => i + 1));
+      expect((await a.get(`/keys/${k.identity}`)).body.latestVersion).to.equal(v.length);
+    }
+    for (const c of ciphertexts) expect((await a.post(`/keys/${c.key}/decrypt`, { ciphertext: c.ct })).body.plaintext).to.equal('c3Rvcm0=');
+    // the killed processes' leases run out (30 s); the next reconciliation destroys their unrecorded objects
+    await waitFor(
+      'token objects = recorded versions',
+      async () => {
+        const recorded = new Set((await PostgresServer.sql<{ cka_id: string }>(uri, 'SELECT cka_id FROM key_versions')).map((r) => r.cka_id));
+        const onToken = inspectToken(stack, 'kmsd-nl-01').filter((o) => o.id.startsWith('kmsd/k/'));
+        for (const id of recorded) expect(onToken.some((o) => o.id === id), `missing object ${id}`).to.equal(true);
+        return onToken.length === recorded.size;
+      },
+      90_000,
+      2000,
+    );
+  });
+});
