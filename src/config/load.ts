@@ -28,6 +28,8 @@ export function loadConfig(file: string): Config {
   const base = path.dirname(path.resolve(file));
   cfg.dataDir = path.resolve(base, cfg.dataDir);
   for (const r of cfg.regions) if (r.pinFile) r.pinFile = path.resolve(base, r.pinFile);
+  const pg = cfg.store?.postgres;
+  if (pg?.passwordFile) pg.passwordFile = path.resolve(base, pg.passwordFile);
   if (cfg.listen.tls) {
     cfg.listen.tls.certFile = path.resolve(base, cfg.listen.tls.certFile);
     cfg.listen.tls.keyFile = path.resolve(base, cfg.listen.tls.keyFile);

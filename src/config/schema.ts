@@ -101,11 +101,13 @@ export const configSchema = z
     /** (kmsd) absent = SQLite in dataDir (one host); postgres = cluster mode. */
     store: z
       .strictObject({
-        postgres: z.strictObject({
-          uri: z.string().regex(/^postgres(ql)?:\/\//, 'store.postgres.uri must be a postgresql:// URI'),
-          passwordEnv: z.string().min(1).optional(),
-          passwordFile: z.string().min(1).optional(),
-        }),
+        postgres: z
+          .strictObject({
+            uri: z.string().regex(/^postgres(ql)?:\/\//, 'store.postgres.uri must be a postgresql:// URI'),
+            passwordEnv: z.string().min(1).optional(),
+            passwordFile: z.string().min(1).optional(),
+          })
+          .refine((p) => !(p.passwordEnv && p.passwordFile), { message: 'give passwordEnv or passwordFile, not both', path: ['passwordEnv'] }),
       })
       .optional(),
     xks: xks.optional(),

@@ -63,6 +63,12 @@ describe('unit: config file validation (loadConfig on temp files)', () => {
     expect(c.testing.clockControl).to.equal(false);
   });
 
+  it('accepts store.postgres (cluster mode) and resolves passwordFile against the file\u2019s folder', () => {
+    const c = loadConfig(withChange((x) => (x.store = { postgres: { uri: 'postgresql://kmsd@10.0.0.1:5432,10.0.0.2:5432/kmsd?target_session_attrs=read-write', passwordFile: 'pg.pw' } })));
+    expect(c.store?.postgres?.uri).to.match(/^postgresql:/);
+    expect(c.store?.postgres?.passwordFile).to.equal(path.join(dir, 'pg.pw'));
+  });
+
   const cases: [string, (c: any) => void, string][] = [
     ['missing tokenLabel', (c) => delete c.regions[0].tokenLabel, 'regions[0].tokenLabel'],
     ['port as a string', (c) => (c.listen.port = '8200'), 'listen.port'],
@@ -73,6 +79,9 @@ describe('unit: config file validation (loadConfig on temp files)', () => {
     ['neither pinEnv nor pinFile', (c) => delete c.regions[0].pinEnv, 'regions[0].pinEnv'],
     ['both pinEnv and pinFile', (c) => (c.regions[0].pinFile = './pin'), 'regions[0].pinEnv'],
     ['unknown role', (c) => (c.principals[0].roles = ['superuser']), 'principals[0].roles[0]'],
+    ['store.postgres.uri not a postgresql:// URI', (c) => (c.store = { postgres: { uri: 'mysql://x/y' } }), 'store.postgres.uri'],
+    ['store.postgres with a password in the file', (c) => (c.store = { postgres: { uri: 'postgresql://k@h/db', password: 'x' } }), 'password'],
+    ['store.postgres with both passwordEnv and passwordFile', (c) => (c.store = { postgres: { uri: 'postgresql://k@h/db', passwordEnv: 'P', passwordFile: './p' } }), 'store.postgres.passwordEnv'],
     ['tokenSha256 not hex', (c) => (c.principals[0].tokenSha256 = 'xyz'), 'principals[0].tokenSha256'],
     ['bad mongodbUri', (c) => (c.mongodbUri = 'http://localhost'), 'mongodbUri'],
     ['missing mongodbUri', (c) => delete c.mongodbUri, 'mongodbUri'],
