@@ -4,6 +4,7 @@ import { requestIdFrom } from './context.js';
 import type { Operation } from './handler.js';
 import { cryptoRoutePath, type CryptoOperation } from './routes/crypto.js';
 import type { Services } from './services.js';
+import { jsonText } from './wire.js';
 
 /** `/v1/kms/{region}/keys/{id}/{operation}` with nothing Express would have to decode or normalise. */
 const ROUTE = /^\/v1\/kms\/([A-Za-z0-9._~-]+)\/keys\/([A-Za-z0-9._~-]+)\/([a-z-]+)$/;
@@ -63,7 +64,7 @@ function serve(s: Services, route: FastRoute, req: IncomingMessage, res: ServerR
   const started = performance.now();
   const requestId = requestIdFrom(req.headers, randomUUID);
   const send = (status: number, body: unknown) => {
-    const json = JSON.stringify(body);
+    const json = jsonText(body);
     res.writeHead(status, {
       'X-Request-Id': requestId,
       'Content-Type': 'application/json; charset=utf-8',

@@ -16,6 +16,8 @@ export interface ApiRequest {
   body: unknown;
   query: Record<string, unknown>;
   headers: IncomingHttpHeaders;
+  /** The request target as received (path and raw query), where the framework keeps it. */
+  originalUrl?: string;
 }
 
 export type RouteBody = (req: ApiRequest, ctx: RequestContext) => Reply | Promise<Reply>;
@@ -87,6 +89,8 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
           outcome: [401, 403, 404].includes(m.status) ? 'denied' : 'failure',
           region: region ?? null,
           keyIdentity: ctx?.auditKey ?? null,
+          // The version the input named (e.g. a tampered kms:v3: ciphertext), when it got that far.
+          keyVersion: ctx?.auditVersion ?? null,
           principal,
           organisation,
           requestId,

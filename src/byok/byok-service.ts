@@ -4,7 +4,8 @@ import type { Clock } from '../clock.js';
 import { forbidden, keyState, regionUnavailable, unsupported, validation } from '../errors.js';
 import type { CreateKeyInput, KeyService, Scope } from '../keys/key-service.js';
 import { isAsymmetric, KEY_TYPES, type KeyType } from '../keys/key-types.js';
-import { findVersion, slugify, type KeyRecord } from '../keys/model.js';
+import { slugify, type KeyRecord } from '../keys/model.js';
+import { versionForNew } from '../keys/version-policy.js';
 import type { RotationService } from '../rotation/rotation-service.js';
 import type { Database } from '../store/database.js';
 import type { HashName } from '../token/constants.js';
@@ -150,9 +151,7 @@ export class ByokService {
   async export(key: KeyRecord, req: ExportRequest): Promise<ExportResult> {
     if (!key.exportAllowed) throw forbidden(`key ${key.identity} was not created with exportAllowed: true and cannot be exported`);
     if (key.status !== 'active') throw keyState(`key is ${key.status}; export needs an active key`);
-    const v = findVersion(key, req.keyVersion ?? key.latestVersion);
-    if (!v) throw validation(`keyVersion: key has no version ${req.keyVersion}`);
-    if (v.status !== 'enabled') throw validation(`keyVersion: version ${v.version} is disabled`);
+    const v = versionForNew(key, req.keyVersion);
     const token = this.d.regions.require(key.region);
     const object = token.handle(Buffer.from(v.ckaId), isAsymmetric(key.keyType) ? 'private' : 'secret');
 

@@ -51,12 +51,18 @@ export function newIdentity(): string {
   return `kms-${randomBytes(10).toString('hex')}`;
 }
 
+function matchesLabels(labels: Record<string, string>, wanted: Map<string, string>): boolean {
+  for (const [l, v] of wanted) if (!Object.hasOwn(labels, l) || labels[l] !== v) return false;
+  return true;
+}
+
 export interface ListFilter {
   identity?: string;
   name?: string;
   slug?: string;
   status?: string;
-  labels?: Record<string, string>;
+  /** Every entry must be an own label of the key with exactly this value. */
+  labels?: Map<string, string>;
 }
 
 /** Key lifecycle: create, look up within a scope, disable/enable, schedule and cancel deletion, destroy. */
@@ -102,7 +108,7 @@ export class KeyService {
       if (f.name && k.name !== f.name) continue;
       if (f.slug && k.slug !== f.slug) continue;
       if (f.status && k.status !== f.status) continue;
-      if (f.labels && Object.entries(f.labels).some(([l, v]) => k.labels[l] !== v)) continue;
+      if (f.labels && !matchesLabels(k.labels, f.labels)) continue;
       out.push(k);
     }
     return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.identity.localeCompare(b.identity));

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Services } from '../api/services.js';
+import { jsonText } from '../api/wire.js';
 import type { AuditOutcome } from '../audit/audit-log.js';
 import { errorBody, toXksError, XksError } from './errors.js';
 import type { Keystore } from './keystores.js';
@@ -41,7 +42,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string, extra: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
+  const text = jsonText(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'x-request-id': requestId, ...extra });
   res.end(text);
 }

@@ -63,7 +63,8 @@ function parseAmzDate(v: string | string[] | undefined): Date {
 }
 
 function parseQuery(raw: string): QueryParameterBag {
-  const bag: QueryParameterBag = {};
+  // Prototype-less: a signed parameter named __proto__ or constructor is kept like any other.
+  const bag = Object.create(null) as QueryParameterBag;
   for (const [k, v] of new URLSearchParams(raw)) {
     const prev = bag[k];
     bag[k] = prev === undefined || prev === null ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
@@ -114,7 +115,7 @@ export class SigV4Verifier {
     if (Math.abs(this.nowMs() - date.getTime()) > MAX_CLOCK_SKEW_MS) throw xksAuthFailed('X-Amz-Date is more than 5 minutes off');
     if (auth.date !== String(req.headers['x-amz-date']).slice(0, 8)) throw xksAuthFailed('credential scope date does not match X-Amz-Date');
 
-    const headers: Record<string, string> = {};
+    const headers = Object.create(null) as Record<string, string>;
     for (const name of signed) {
       const v = req.headers[name];
       if (v === undefined) throw xksAuthFailed(`signed header ${name} is missing`);
