@@ -15,6 +15,7 @@ export const mochaHooks = {
     if (!process.env.MONGODB_URI) shared = await MongoServer.start('shared');
   },
   async afterAll() {
-    await shared?.stop();
+    // The shared server and any a suite started and left: none outlives the run or leaves its folder behind.
+    await MongoServer.destroyAll();
   },
 };

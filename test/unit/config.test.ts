@@ -121,4 +121,14 @@ describe('unit: config file validation (loadConfig on temp files)', () => {
     expect(failure(write(''))).to.include('mongodbUri');
     expect(failure(write('- just\n- a list\n'))).to.match(/invalid config/);
   });
+
+  it('an unquoted all-digit tokenSha256 (YAML reads a number) says to quote it', () => {
+    const text = stringify(VALID).replace(`tokenSha256: ${'a'.repeat(64)}`, `tokenSha256: ${'0'.repeat(64)}`);
+    expect(text).to.include(`tokenSha256: ${'0'.repeat(64)}`);
+    const msg = failure(write(text));
+    expect(msg).to.include('principals[0].tokenSha256');
+    expect(msg).to.match(/put it in quotes/);
+    // quoted, the same value is fine
+    loadConfig(write(text.replace(`tokenSha256: ${'0'.repeat(64)}`, `tokenSha256: "${'0'.repeat(64)}"`)));
+  });
 });
