@@ -37,6 +37,7 @@ export const AWS_STATUS = {
   ExpiredImportTokenException: 400,
   IncorrectKeyMaterialException: 400,
   ConflictException: 400,
+  DryRunOperationException: 412,
   DependencyTimeoutException: 503,
   KMSInternalException: 500,
 } as const;

@@ -114,6 +114,9 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
       await s.keys.fresh();
       const body = validateRequest(operation, parseJson(raw));
       const reply = await ops.run(operation, caller, body, note);
+      // Only read-only operations take DryRun, so having run it is harmless; AWS answers this error on success.
+      if ((body as { DryRun?: boolean }).DryRun === true)
+        throw new AwsError('DryRunOperationException', 'The request would have succeeded, but the DryRun parameter was set.');
       await audit('success', note.detail ?? {});
       send(res, 200, reply, requestId);
     } catch (e) {
