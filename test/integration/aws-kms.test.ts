@@ -40,7 +40,10 @@ import {
 } from '@aws-sdk/client-kms';
 import { buildClient, CommitmentPolicy, getClient, KmsKeyringNode } from '@aws-crypto/client-node';
 import { canonicalContext, decodeBlob, encodeBlob } from '../../src/aws/ciphertext.js';
+import https from 'node:https';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { ORG, TestStack, type Daemon } from '../helpers/stack.js';
+import { makePki } from '../helpers/xks.js';
 import { awsCli, ensureAwsCli, kmsClient, newAwsCredential, openssl, rawAwsCall, writeTemp } from '../helpers/aws.js';
 
 const SECRET_ENV = 'KMSD_TEST_AWS_SECRET_ADMIN';
@@ -66,6 +69,7 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
   let d: Daemon;
   let kms: KMSClient;
   let tmp: string;
+  let awsBlock: Record<string, unknown>;
   const admin = newAwsCredential();
   const reader = newAwsCredential();
   const project = newAwsCredential();
@@ -88,18 +92,17 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
     writeFileSync(readerSecret, `${reader.secretAccessKey}\n`);
     const projectSecret = path.join(stack.dir, 'project.secret');
     writeFileSync(projectSecret, project.secretAccessKey);
-    d = await stack.start({
-      aws: {
-        listen: { host: '127.0.0.1', port: 0 },
-        sigv4Region: REGION,
-        accountId: ACCOUNT,
-        credentials: [
-          { accessKeyId: admin.accessKeyId, secretAccessKeyEnv: SECRET_ENV, principal: 'admin', organisation: ORG, region: 'nl-01' },
-          { accessKeyId: reader.accessKeyId, secretAccessKeyFile: readerSecret, principal: 'reader', organisation: ORG, region: 'nl-01' },
-          { accessKeyId: project.accessKeyId, secretAccessKeyFile: projectSecret, principal: 'admin', organisation: ORG, region: 'nl-01', project: 'p1' },
-        ],
-      },
-    });
+    awsBlock = {
+      listen: { host: '127.0.0.1', port: 0 },
+      sigv4Region: REGION,
+      accountId: ACCOUNT,
+      credentials: [
+        { accessKeyId: admin.accessKeyId, secretAccessKeyEnv: SECRET_ENV, principal: 'admin', organisation: ORG, region: 'nl-01' },
+        { accessKeyId: reader.accessKeyId, secretAccessKeyFile: readerSecret, principal: 'reader', organisation: ORG, region: 'nl-01' },
+        { accessKeyId: project.accessKeyId, secretAccessKeyFile: projectSecret, principal: 'admin', organisation: ORG, region: 'nl-01', project: 'p1' },
+      ],
+    };
+    d = await stack.start({ aws: awsBlock });
     expect(d.awsPort, 'daemon reports its AWS port').to.be.a('number');
     kms = kmsClient(d.awsPort!, admin);
   });
@@ -595,6 +598,38 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
       const metrics = await fetch(`${d.url}/metrics`).then((x) => x.text());
       expect(metrics).to.match(/kmsd_aws_requests_total\{[^}]*operation="Encrypt"[^}]*outcome="success"[^}]*\} [1-9]/);
       expect(metrics).to.match(/kmsd_aws_requests_total\{[^}]*operation="Encrypt"[^}]*outcome="AccessDeniedException"/);
+    });
+  });
+
+  describe('a second daemon on the same data dir, over TLS', () => {
+    let d2: Daemon;
+    let kms2: KMSClient;
+    before(async () => {
+      const pki = makePki(path.join(stack.dir, 'pki'));
+      d2 = await stack.start({ aws: { ...awsBlock, tls: { certFile: pki.serverCert, keyFile: pki.serverKey } } });
+      kms2 = new KMSClient({
+        endpoint: `https://localhost:${d2.awsPort}`,
+        region: REGION,
+        credentials: admin,
+        maxAttempts: 1,
+        requestHandler: new NodeHttpHandler({ httpsAgent: new https.Agent({ ca: readFileSync(pki.caCert) }) }),
+      });
+    });
+    after(async () => {
+      kms2?.destroy();
+      await d2?.stop();
+    });
+
+    it('keys, AWS attributes and aliases made through one daemon are seen by the other (the store, not memory)', async () => {
+      const k = await createKey({ KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC', Tags: [{ TagKey: 'a', TagValue: 'b' }] });
+      await kms.send(new CreateAliasCommand({ AliasName: 'alias/shared', TargetKeyId: k.KeyId }));
+      const md = (await kms2.send(new DescribeKeyCommand({ KeyId: 'alias/shared' }))).KeyMetadata!;
+      expect(md).to.include({ KeyId: k.KeyId, KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' });
+      const mac = await kms2.send(new GenerateMacCommand({ KeyId: 'alias/shared', Message: u8('m'), MacAlgorithm: 'HMAC_SHA_256' }));
+      expect((await kms.send(new VerifyMacCommand({ KeyId: k.KeyId, Message: u8('m'), Mac: mac.Mac, MacAlgorithm: 'HMAC_SHA_256' }))).MacValid).to.equal(true);
+      expect((await kms2.send(new ListResourceTagsCommand({ KeyId: k.KeyId }))).Tags).to.deep.equal([{ TagKey: 'a', TagValue: 'b' }]);
+      await kms2.send(new DisableKeyCommand({ KeyId: k.KeyId }));
+      await expectAwsError(kms.send(new GenerateMacCommand({ KeyId: k.KeyId, Message: u8('m'), MacAlgorithm: 'HMAC_SHA_256' })), 'DisabledException');
     });
   });
 
