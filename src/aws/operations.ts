@@ -165,7 +165,7 @@ export class AwsOperations {
     } catch (e) {
       if (!(e instanceof KmsError && e.code === 'NotFound')) throw e;
     }
-    if (key) return { identity: key.identity, key, row: await this.attributesOf(key.identity) };
+    if (key) return { identity: key.identity, key, row: await this.attributesOf(key) };
     const row = await this.repo.key(identity);
     if (!row || row.state === 'Created' || !sameScope(row, scope)) return undefined;
     if (row.state === 'PendingDeletion' && row.deletionAt && row.deletionAt <= this.s.clock.nowIso()) {
@@ -176,12 +176,18 @@ export class AwsOperations {
     return { identity: row.identity, row };
   }
 
-  private async attributesOf(identity: string): Promise<AwsKeyRow | null> {
-    const cached = this.attributes.get(identity);
+  private async attributesOf(key: KeyRecord): Promise<AwsKeyRow | null> {
+    const cached = this.attributes.get(key.identity);
     if (cached !== undefined) return cached;
-    const row = (await this.repo.key(identity)) ?? null;
+    let row = (await this.repo.key(key.identity)) ?? null;
+    if (row && row.state !== 'Created') {
+      // The key exists, so its material was imported: an import that stopped between creating
+      // the key and recording that (a crash) is completed here.
+      await this.repo.setKeyState(key.identity, row.state, 'Created', null);
+      row = { ...row, state: 'Created', deletionAt: null };
+    }
     // A row is written before its key exists, so a key without one is native for good.
-    if (!row || row.state === 'Created') this.attributes.set(identity, row);
+    this.attributes.set(key.identity, row);
     return row;
   }
 
@@ -308,7 +314,8 @@ export class AwsOperations {
 
   async opListKeys(caller: Caller, req: AwsRequest<'ListKeys'>) {
     const native = this.s.keys.list(caller.scope, {}).map((k) => k.identity);
-    const pending = (await this.repo.keysWithoutMaterial(caller.scope)).map((r) => r.identity);
+    const seen = new Set(native);
+    const pending = (await this.repo.keysWithoutMaterial(caller.scope)).map((r) => r.identity).filter((id) => !seen.has(id));
     const page = paginate([...native, ...pending], req.Limit ?? 100, req.Marker);
     return { Keys: page.items.map((id) => ({ KeyId: id, KeyArn: this.keyArn(id) })), ...page.more };
   }

@@ -74,12 +74,16 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
   const reader = newAwsCredential();
   const project = newAwsCredential();
   const stranger = newAwsCredential();
+  const down = { ...newAwsCredential(), secretAccessKey: project.secretAccessKey };
   const arn = (id: string) => `arn:aws:kms:${REGION}:${ACCOUNT}:key/${id}`;
 
   before(async () => {
     ensureAwsCli();
+    // de-01's token is never created: that region stays unavailable (the "HSM down" credential).
     stack = await TestStack.create({
       name: 'aws-kms',
+      regions: ['nl-01', 'de-01'],
+      tokens: ['kmsd-nl-01'],
       principals: [
         { name: 'admin', roles: ['admin'] },
         { name: 'reader', roles: ['auditor'] },
@@ -100,6 +104,7 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
         { accessKeyId: admin.accessKeyId, secretAccessKeyEnv: SECRET_ENV, principal: 'admin', organisation: ORG, region: 'nl-01' },
         { accessKeyId: reader.accessKeyId, secretAccessKeyFile: readerSecret, principal: 'reader', organisation: ORG, region: 'nl-01' },
         { accessKeyId: project.accessKeyId, secretAccessKeyFile: projectSecret, principal: 'admin', organisation: ORG, region: 'nl-01', project: 'p1' },
+        { accessKeyId: down.accessKeyId, secretAccessKeyFile: projectSecret, principal: 'admin', organisation: ORG, region: 'de-01' },
       ],
     };
     d = await stack.start({ aws: awsBlock });
@@ -566,6 +571,14 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
       expect((await d.get(`/keys/${own}`, { project: 'p1' })).body.projectId).to.equal('p1');
       await expectAwsError(kms.send(new DescribeKeyCommand({ KeyId: own })), 'NotFoundException');
       p.destroy();
+    });
+
+    it('a region whose token is down → 503 DependencyTimeoutException', async () => {
+      const c = kmsClient(d.awsPort!, down);
+      const e = await expectAwsError(c.send(new CreateKeyCommand({})), 'DependencyTimeoutException');
+      expect(e.$metadata?.httpStatusCode).to.equal(503);
+      await expectAwsError(c.send(new GenerateRandomCommand({ NumberOfBytes: 8 })), 'DependencyTimeoutException');
+      c.destroy();
     });
 
     it('unknown target → UnknownOperationException; errors are {__type, message} with x-amzn-RequestId; bad input is ValidationException', async () => {
