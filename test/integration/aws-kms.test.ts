@@ -44,6 +44,7 @@ import https from 'node:https';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { ORG, TestStack, type Daemon } from '../helpers/stack.js';
 import { makePki } from '../helpers/xks.js';
+import { OpenSsl } from '../helpers/byok.js';
 import { awsCli, ensureAwsCli, kmsClient, newAwsCredential, openssl, rawAwsCall, writeTemp } from '../helpers/aws.js';
 
 const SECRET_ENV = 'KMSD_TEST_AWS_SECRET_ADMIN';
@@ -521,6 +522,26 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
 
       await expectAwsError(kms.send(new ImportKeyMaterialCommand({ KeyId: md.KeyId, ImportToken: params.ImportToken, EncryptedKeyMaterial: wrapped })), 'UnsupportedOperationException');
       await expectAwsError(kms.send(new RotateKeyOnDemandCommand({ KeyId: md.KeyId })), 'UnsupportedOperationException');
+    });
+
+    it('an ECC_NIST_P256 SIGN_VERIFY key imported with RSA_AES_KEY_WRAP_SHA_1 (material from OpenSSL) signs with that material', async () => {
+      const ossl = new OpenSsl();
+      try {
+        const md = await createKey({ Origin: 'EXTERNAL', KeySpec: 'ECC_NIST_P256', KeyUsage: 'SIGN_VERIFY' });
+        expect(md).to.include({ KeyState: 'PendingImport', KeySpec: 'ECC_NIST_P256' });
+        const params = await kms.send(new GetParametersForImportCommand({ KeyId: md.KeyId, WrappingAlgorithm: 'RSA_AES_KEY_WRAP_SHA_1', WrappingKeySpec: 'RSA_4096' }));
+        const wrappingPem = createPublicKey({ key: buf(params.PublicKey), format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
+        const material = ossl.genpkey('ec-P-256');
+        await kms.send(new ImportKeyMaterialCommand({ KeyId: md.KeyId, ImportToken: params.ImportToken, EncryptedKeyMaterial: ossl.twoPart(wrappingPem, material.der) }));
+        const pub = buf((await kms.send(new GetPublicKeyCommand({ KeyId: md.KeyId }))).PublicKey);
+        expect(pub.equals(material.publicKey.export({ type: 'spki', format: 'der' }))).to.equal(true);
+        const message = Buffer.from('signed by imported material');
+        const sig = await kms.send(new SignCommand({ KeyId: md.KeyId, Message: message, SigningAlgorithm: 'ECDSA_SHA_256' }));
+        const ok = openssl(['dgst', '-sha256', '-verify', writeTemp(tmp, 'imp.der', pub), '-keyform', 'DER', '-signature', writeTemp(tmp, 'impsig', buf(sig.Signature)), writeTemp(tmp, 'impmsg', message)], tmp);
+        expect(ok.status, ok.stderr).to.equal(0);
+      } finally {
+        ossl.cleanup();
+      }
     });
 
     it('RSAES_OAEP_SHA_256 wrapping is offered only where the token can unwrap with it', async () => {
