@@ -5,7 +5,7 @@
  *
  *   node dist/bench/run.js [--quick] [--profile] [--fresh-seed] [--only=phase,…] [--seconds=N]
  *
- * phases: baselines, echo, api, xks, nproc, rotation, cold, profile (profile only with --profile)
+ * phases: baselines, echo, api, xks, aws, nproc, rotation, cold, profile (profile only with --profile)
  */
 import { fork, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -38,6 +38,7 @@ import {
   type TestStack,
 } from './stack.js';
 import * as xks from './xks.js';
+import * as awsApi from './aws.js';
 
 // ---------------------------------------------------------------------------------------------
 // options
@@ -430,11 +431,23 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
       },
     ],
   };
+  const awsPort = await freePort();
+  const awsSecret = b64(30);
+  const wantAws = phase('aws');
+  const awsConfig = {
+    listen: { host: '127.0.0.1', port: awsPort },
+    sigv4Region: awsApi.AWS_REGION,
+    credentials: [{ accessKeyId: awsApi.AWS_ACCESS_KEY_ID, secretAccessKeyEnv: awsApi.AWS_SECRET_ENV, principal: 'admin', organisation: ORG, region: 'nl-01' }],
+  };
   let d: BenchDaemon;
   let xksNote: string | undefined;
   const wantXks = phase('xks');
   try {
-    d = await daemon(mainStack, { config: { workers: 1, ...(wantXks ? { xks: xksConfig } : {}) }, env: { [xks.XKS_SECRET_ENV]: xksSecret }, label: 'kmsd-1' });
+    d = await daemon(mainStack, {
+      config: { workers: 1, ...(wantXks ? { xks: xksConfig } : {}), ...(wantAws ? { aws: awsConfig } : {}) },
+      env: { [xks.XKS_SECRET_ENV]: xksSecret, [awsApi.AWS_SECRET_ENV]: awsSecret },
+      label: 'kmsd-1',
+    });
   } catch (e) {
     if (!wantXks) throw e;
     xksNote = `daemon refused the xks config: ${String((e as Error).message).split('\n')[0]}`;
@@ -541,7 +554,27 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
   }
 
   if (wantXks) await phaseXks(d.proc.pid, keys.aes, xksPort, xksSecret, xksNote);
+  if (wantAws) await phaseAws(d.proc.pid, keys.aes, awsPort, awsSecret);
   return d;
+}
+
+/** AWS Encrypt (awsJson1_1 over SigV4, plain HTTP) against the native encrypt measured in the same run. */
+async function phaseAws(daemonPid: number | undefined, keyId: string, port: number, secret: string): Promise<void> {
+  const figure = `AWS Encrypt over SigV4 (awsJson1_1), 32 B, ${Q.connections} conns, 1 process`;
+  log(`AWS Encrypt over SigV4, ${Q.connections} connections`);
+  await attempt(
+    'aws',
+    async () => {
+      const body = awsApi.encryptBody(keyId);
+      const check = await fetch(`http://127.0.0.1:${port}/`, { method: 'POST', headers: await awsApi.signedHeaders(port, 'Encrypt', body, secret), body });
+      if (check.status !== 200) throw new Error(`AWS Encrypt → ${check.status} ${(await check.text()).slice(0, 200)}`);
+      const { r } = await measure({ url: `http://127.0.0.1:${port}/`, body, headers: await awsApi.signedHeaders(port, 'Encrypt', body, secret) }, { serverPid: daemonPid });
+      log(`  aws encrypt: ${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms; ${cpuText(r)}`);
+      goalRow('aws-encrypt', figure, r.reqPerSec, 'req/s', 'encrypt-1proc', '>=', 0.8, { note: loadNote(r), detail: loadDetail(r) });
+      infoRow('aws-encrypt:p99', 'AWS Encrypt p99 latency', r.p99, 'ms');
+    },
+    (note) => goalRow('aws-encrypt', figure, null, 'req/s', 'encrypt-1proc', '>=', 0.8, { note }),
+  );
 }
 
 async function phaseXks(daemonPid: number | undefined, keyId: string, port: number, secret: string, startNote?: string): Promise<void> {

@@ -50,6 +50,16 @@ init_token() {
   echo "$conf"
 }
 
+# The AWS CLI (v1, from PyPI) in a venv under tmp/, for the AWS KMS API tests; only when missing.
+AWSCLI_VENV="$ROOT/tmp/awscli-venv"
+ensure_awscli() {
+  if [ -x "$AWSCLI_VENV/bin/aws" ]; then return; fi
+  log "installing the AWS CLI (pip install awscli) into tmp/awscli-venv"
+  mkdir -p "$ROOT/tmp"
+  python3 -m venv "$AWSCLI_VENV"
+  "$AWSCLI_VENV/bin/pip" install --quiet --disable-pip-version-check awscli
+}
+
 # Everything the tests and the bench start for real: SoftHSM2, the compiled daemon, and a
 # MongoDB-compatible server (mongod when on PATH, else the FerretDB build).
 ensure_test_stack() {
@@ -57,4 +67,5 @@ ensure_test_stack() {
   ensure_node
   if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
   ensure_ferretdb
+  ensure_awscli
 }

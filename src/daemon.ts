@@ -30,6 +30,7 @@ import { KeysRepository } from './store/keys-repo.js';
 import { RegionToken } from './token/region-token.js';
 import { RegionRegistry } from './token/regions.js';
 import type { XksServer } from './xks/server.js';
+import type { AwsServer } from './aws/server.js';
 
 export const VERSION = '0.1.0';
 const CLOCK_SETTING = 'clock_offset_ms';
@@ -43,6 +44,7 @@ export interface RunningDaemon {
   services: Services;
   port: number;
   xksPort?: number;
+  awsPort?: number;
   stop(): Promise<void>;
 }
 
@@ -202,7 +204,9 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const port = (server.address() as AddressInfo).port;
   let xks: XksServer | undefined;
   if (config.xks) xks = await (await import('./xks/server.js')).startXks(config.xks, services);
-  log.info('kmsd listening', { host: config.listen.host, port, tls: Boolean(tls), xksPort: xks?.port, startupMs: Date.now() - startedAtMs });
+  let aws: AwsServer | undefined;
+  if (config.aws) aws = await (await import('./aws/server.js')).startAws(config.aws, services, db);
+  log.info('kmsd listening', { host: config.listen.host, port, tls: Boolean(tls), xksPort: xks?.port, awsPort: aws?.port, startupMs: Date.now() - startedAtMs });
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
@@ -214,6 +218,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
           server.closeIdleConnections();
         }),
         xks?.close(),
+        aws?.close(),
       ]);
       await scheduler.stop();
       await audit.close();
@@ -222,5 +227,5 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       log.info('kmsd stopped');
     })());
 
-  return { services, port, xksPort: xks?.port, stop };
+  return { services, port, xksPort: xks?.port, awsPort: aws?.port, stop };
 }

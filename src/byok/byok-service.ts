@@ -104,13 +104,14 @@ export class ByokService {
   }
 
   /** POST /keys/import. The token is checked first and used up only once the key's fields passed. */
-  async importKey(scope: Scope, input: ImportWithTokenInput): Promise<KeyRecord> {
+  async importKey(scope: Scope, input: ImportWithTokenInput, opts: { identity?: string } = {}): Promise<KeyRecord> {
     checkImportable(input.keyType);
     checkRotationFields(input);
     const row = await this.importTokens.check(scope, input.importToken, input.keyType);
     const token = this.d.regions.require(scope.region);
     return this.d.keys.create(scope, input, {
       imported: true,
+      identity: opts.identity,
       source: (ckaId) => this.unwrapWithImportToken(token, row, input.keyType, target(ckaId, `${slugify(input.name)}/v1`, input.exportAllowed), input.wrappedKeyMaterial),
     });
   }

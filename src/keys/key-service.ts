@@ -125,7 +125,11 @@ export class KeyService {
     return counts;
   }
 
-  async create(scope: Scope, input: CreateKeyInput, opts: { source?: MaterialSource; imported?: boolean; isDefault?: boolean } = {}) {
+  /**
+   * `opts.identity`: an identity chosen by the caller (the AWS API records a key's AWS attributes
+   * under it before the key exists); default a fresh one.
+   */
+  async create(scope: Scope, input: CreateKeyInput, opts: { source?: MaterialSource; imported?: boolean; isDefault?: boolean; identity?: string } = {}) {
     const token = this.regions.require(scope.region);
     const info = KEY_TYPES[input.keyType];
     if (info.family === 'chacha20' && !token.hasChaCha20)
@@ -138,7 +142,7 @@ export class KeyService {
     if (input.keyRotationEnabled && !input.rotationPeriodInDays)
       throw validation('rotationPeriodInDays: required when keyRotationEnabled is true');
 
-    const identity = newIdentity();
+    const identity = opts.identity ?? newIdentity();
     const ckaId = this.newObjectId(identity);
     const extractable = Boolean(input.exportAllowed);
     if (opts.source) await opts.source(Buffer.from(ckaId));
