@@ -444,7 +444,8 @@ export class AwsOperations {
       const { key, view } = this.usable(r, 'ENCRYPT_DECRYPT', 'Decrypt');
       if (isAsymmetric(key.keyType)) {
         const hash = await this.oaep(key, view, alg, context);
-        const out = await this.s.crypto.decryptAsymmetric(key, blob, undefined, hash.token);
+        // AWS RSA ciphertext names no version: it was made with GetPublicKey's key, the latest version.
+        const out = await this.s.crypto.decryptAsymmetric(key, blob, key.latestVersion, hash.token);
         note.keyVersion = out.keyVersion;
         return { key, plaintext: Buffer.from(out.plaintext, 'base64'), algorithm: alg! };
       }
