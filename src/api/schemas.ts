@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { copyStringMap } from '../string-map.js';
 import { isBase64 } from '../crypto/versioned.js';
 import { KEY_TYPE_NAMES } from '../keys/key-types.js';
 import { MAX_PERIOD_DAYS, MIN_PERIOD_DAYS } from '../rotation/policy.js';
@@ -26,12 +27,6 @@ const stringMap = z
   .transform((v) => copyStringMap(v))
   .meta({ type: 'object', additionalProperties: { type: 'string' } });
 
-/** A prototype-less copy of a client-keyed string map (own keys only, `__proto__` included). */
-export function copyStringMap(v: Record<string, string>): Record<string, string> {
-  const out = Object.create(null) as Record<string, string>;
-  for (const k of Object.keys(v)) out[k] = v[k]!;
-  return out;
-}
 /** Key versions are strings on the wire; integers are accepted too. */
 export const keyVersion = z
   .union([z.string().regex(/^[1-9][0-9]{0,8}$/, 'must be a positive integer'), z.number().int().min(1).max(999_999_999)])

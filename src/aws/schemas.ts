@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { copyStringMap } from '../string-map.js';
 import { isBase64 } from '../crypto/versioned.js';
 import { AwsError, awsValidation } from './errors.js';
 
@@ -19,7 +20,21 @@ const keyId = z.string().min(1).max(2048);
 const limit = z.number().int().min(1).max(1000).optional();
 const marker = z.string().min(1).max(1024).regex(/^[\u0020-\u00FF]*$/).optional();
 const grantTokens = z.array(z.string().min(1).max(8192)).max(10).optional();
-const encryptionContext = z.record(z.string().min(1).max(8192), z.string().max(8192)).optional();
+/**
+ * EncryptionContext: kept exactly as sent, `__proto__` included — z.record rebuilds the object by
+ * assignment and would drop that key, binding a different context than the caller named.
+ */
+const encryptionContext = z
+  .custom<Record<string, string>>(
+    (v) =>
+      v !== null &&
+      typeof v === 'object' &&
+      !Array.isArray(v) &&
+      Object.entries(v).every(([k, x]) => k.length >= 1 && k.length <= 8192 && typeof x === 'string' && x.length <= 8192),
+    { message: 'must be an object of strings (keys 1–8192, values ≤ 8192 characters)' },
+  )
+  .transform((v) => copyStringMap(v))
+  .optional();
 const tag = z.looseObject({ TagKey: z.string().min(1).max(128), TagValue: z.string().max(256) });
 const aliasName = z.string().min(1).max(256);
 const dryRun = z.boolean().optional();

@@ -248,6 +248,18 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
       await expectAwsError(kms.send(new DecryptCommand({ CiphertextBlob: blob, EncryptionContext: { tenant: 't1', purpose: 'test', extra: 'x' } })), 'InvalidCiphertextException');
     });
 
+    it('an EncryptionContext key named __proto__ is bound like any other (not dropped by parsing)', async () => {
+      const context = JSON.parse('{"__proto__":"p","constructor":"c"}') as Record<string, string>;
+      const enc = await rawAwsCall(d.awsPort!, 'TrentService.Encrypt', { KeyId: key, Plaintext: Buffer.from('ctx').toString('base64'), EncryptionContext: context }, { credential: admin });
+      expect(enc.status).to.equal(200);
+      const blob = enc.body.CiphertextBlob as string;
+      const without = await rawAwsCall(d.awsPort!, 'TrentService.Decrypt', { CiphertextBlob: blob, EncryptionContext: { constructor: 'c' } }, { credential: admin });
+      expect(without.body.__type).to.equal('InvalidCiphertextException');
+      const withIt = await rawAwsCall(d.awsPort!, 'TrentService.Decrypt', { CiphertextBlob: blob, EncryptionContext: context }, { credential: admin });
+      expect(withIt.status).to.equal(200);
+      expect(Buffer.from(withIt.body.Plaintext, 'base64').toString()).to.equal('ctx');
+    });
+
     it('tampered or foreign blobs are InvalidCiphertextException; a blob of another key with KeyId is IncorrectKeyException', async () => {
       const blob = buf((await kms.send(new EncryptCommand({ KeyId: key, Plaintext: u8('hello') }))).CiphertextBlob);
       const tampered = Buffer.from(blob);
