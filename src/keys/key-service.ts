@@ -6,9 +6,10 @@ import { KmsError, keyState, notFound, unsupported, validation } from '../errors
 import type { ChangeFeed } from '../store/change-feed.js';
 import { isUniqueViolation, type Database } from '../store/database.js';
 import type { KeyPatch, KeysRepository } from '../store/keys-repo.js';
+import { KEYGEN_CONCURRENCY, KEYGEN_MAX_PENDING_PER_ORGANISATION, TokenWorkQueues, type RunOptions } from '../token/fair-work-queue.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { KeyCache } from './key-cache.js';
-import { KEY_TYPES, type KeyType } from './key-types.js';
+import { isAsymmetric, KEY_TYPES, type KeyType } from './key-types.js';
 import { slugify, type KeyRecord, type KeyStatus } from './model.js';
 
 export interface Scope {
@@ -71,7 +72,17 @@ export class KeyService {
     private readonly audit: AuditLog,
     private readonly log: Logger,
     readonly installation: string,
+    /** Key-pair generation, per region, shared fairly between organisations (see FairWorkQueue). */
+    readonly keygen: TokenWorkQueues = new TokenWorkQueues({ concurrency: KEYGEN_CONCURRENCY, maxPendingPerOrganisation: KEYGEN_MAX_PENDING_PER_ORGANISATION }),
   ) {}
+
+  /**
+   * Runs expensive token work (a key-pair generation) of `organisation` in `region` in its fair turn.
+   * @throws KmsError TooManyRequests when the organisation is over its share (unless `bounded: false`).
+   */
+  pairWork<T>(organisation: string, region: string, work: () => Promise<T>, opts?: RunOptions): Promise<T> {
+    return this.keygen.of(region).run(organisation, work, opts);
+  }
 
   /** A fresh CKA_ID for a new version object of this key (see objectIdFor). */
   newObjectId(identity: string): string {
@@ -135,8 +146,10 @@ export class KeyService {
     const identity = newIdentity();
     const ckaId = this.newObjectId(identity);
     const extractable = Boolean(input.exportAllowed);
+    const generate = () => token.generate(info.token, { ckaId: Buffer.from(ckaId), label: `${slug}/v1`, extractable });
     if (opts.source) await opts.source(Buffer.from(ckaId));
-    else await token.generate(info.token, { ckaId: Buffer.from(ckaId), label: `${slug}/v1`, extractable });
+    else if (isAsymmetric(input.keyType)) await this.pairWork(scope.organisation, scope.region, generate);
+    else await generate();
 
     const now = this.clock.nowIso();
     const rotationEnabled = Boolean(input.keyRotationEnabled);
