@@ -228,7 +228,7 @@ describe('hardening (issue 21): expensive token work is shared fairly between or
     const done: string[] = [];
     let firstRefusal!: () => void;
     const refused = new Promise<void>((resolve) => (firstRefusal = resolve));
-    const flood = Array.from({ length: 30 }, (_, i) =>
+    const flood = Array.from({ length: 30 }, () =>
       d.post('/keys/import-parameters', IMPORT_PARAMS, { org: ORG }).then((r) => {
         done.push(`A${r.status}`);
         if (r.status === 429) firstRefusal();
