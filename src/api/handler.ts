@@ -44,8 +44,6 @@ const errorResult = (m: MappedError, requestId: string): OperationResult =>
   m.retryAfterSeconds === undefined
     ? { status: m.status, body: errorBody(m, requestId) }
     : { status: m.status, body: errorBody(m, requestId), headers: { 'Retry-After': String(m.retryAfterSeconds) } };
-/** A key identity as kmsd makes them (see newIdentity): the only key id a rejected request's record keeps. */
-const WELL_FORMED_KEY_ID = /^kms-[0-9a-f]{20}$/;
 
 /**
  * Wraps one API operation: authentication, organisation and region checks, the handler,
@@ -104,7 +102,9 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
           action,
           outcome: [401, 403, 404].includes(m.status) ? 'denied' : 'failure',
           region: auditRegion,
-          keyIdentity: ctx?.auditKey ?? (typeof req.params.id === 'string' && WELL_FORMED_KEY_ID.test(req.params.id) ? req.params.id : null),
+          // Only a key resolved in the caller's scope: an id the caller merely named (another
+          // organisation's, say) is not recorded, so no listing learns of keys it cannot see.
+          keyIdentity: ctx?.auditKey ?? null,
           principal,
           organisation,
           requestId,

@@ -84,6 +84,9 @@ export class KeyService {
     return this.keygen.of(region).run(organisation, work, opts);
   }
 
+  /** Scopes + slugs with a create in flight in this process (see create). */
+  private readonly creating = new Set<string>();
+
   /** A fresh CKA_ID for a new version object of this key (see objectIdFor). */
   newObjectId(identity: string): string {
     return objectIdFor(identity, this.installation);
@@ -142,7 +145,22 @@ export class KeyService {
       throw new KmsError('Conflict', `a key with slug ${slug} already exists in this scope`);
     if (input.keyRotationEnabled && !input.rotationPeriodInDays)
       throw validation('rotationPeriodInDays: required when keyRotationEnabled is true');
+    // Concurrent creates of one slug in this process: the first one does the (possibly queued,
+    // expensive) token work, the others are 409 at once instead of generating objects that the
+    // unique index would refuse anyway (across processes the index alone decides).
+    const reservation = `${scope.organisation}\n${scope.region}\n${scope.project}\n${slug}`;
+    if (this.creating.has(reservation)) throw new KmsError('Conflict', `a key with slug ${slug} already exists in this scope (being created)`);
+    this.creating.add(reservation);
+    try {
+      return await this.createReserved(scope, input, opts, slug);
+    } finally {
+      this.creating.delete(reservation);
+    }
+  }
 
+  private async createReserved(scope: Scope, input: CreateKeyInput, opts: { source?: MaterialSource; imported?: boolean; isDefault?: boolean }, slug: string) {
+    const token = this.regions.require(scope.region);
+    const info = KEY_TYPES[input.keyType];
     const identity = newIdentity();
     const ckaId = this.newObjectId(identity);
     const extractable = Boolean(input.exportAllowed);
