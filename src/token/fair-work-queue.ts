@@ -5,11 +5,15 @@ import { tooManyRequests } from '../errors.js';
  *
  * Why: an RSA-3072 pair takes ~0.6 s in SoftHSM2, which serialises one process's threads, so
  * 48 parallel import-parameters of one organisation once pushed another's key creation from
- * 12 ms to ~10 s. Here each organisation has its own FIFO queue, the queues are served
- * round-robin (one job per organisation per turn), at most `concurrency` jobs run on the token
- * at once, and an organisation with `maxPendingPerOrganisation` jobs queued or running gets
- * 429 TooManyRequests instead of a place in line. So another organisation waits for at most
- * the jobs already running plus one job of each other busy organisation.
+ * 12 ms to ~10 s. Here each organisation has its own FIFO queue, at most `concurrency` jobs
+ * run on the token at once, and an organisation with `maxPendingPerOrganisation` jobs queued
+ * or running gets 429 TooManyRequests instead of a place in line.
+ *
+ * The queues are served round-robin in start-time fair order: the next job is taken from the
+ * organisation that has started the fewest jobs while it had work waiting (ties: the one served
+ * least recently). An organisation arriving with nothing pending starts level with the
+ * least-served busy one and ahead of it, so it waits only for a running job to finish — not for
+ * a turn of each flooding organisation — and then alternates with the others, never bursts.
  *
  * Pure logic (no token, no clock of the domain): one instance per region, built by the composition root.
  */
@@ -38,13 +42,22 @@ const INITIAL_JOB_MS = 600;
 /** Retry-After never asks for more than this (seconds). */
 const MAX_RETRY_AFTER_S = 60;
 
+/** An organisation with work queued or running, and its place in the fair order. */
+interface OrgState {
+  jobs: Job[];
+  /** Queued + running jobs. */
+  pending: number;
+  /** Jobs started since it last had nothing pending. */
+  started: number;
+  /** Order of its last start (arrival order, negative, before its first). */
+  lastServed: number;
+}
+
 export class FairWorkQueue {
-  /** Organisations with queued jobs, in the order they are served; each appears once. */
-  private readonly turn: string[] = [];
-  private readonly queued = new Map<string, Job[]>();
-  /** Queued + running jobs per organisation. */
-  private readonly pendingBy = new Map<string, number>();
+  private readonly orgs = new Map<string, OrgState>();
   private running = 0;
+  /** Counts starts (and arrivals) to order ties. */
+  private seq = 0;
   /** Moving average of job durations (ms), for Retry-After. */
   private averageMs = INITIAL_JOB_MS;
   private readonly now: () => number;
@@ -55,7 +68,7 @@ export class FairWorkQueue {
 
   /** Jobs queued or running for `organisation`. */
   pending(organisation: string): number {
-    return this.pendingBy.get(organisation) ?? 0;
+    return this.orgs.get(organisation)?.pending ?? 0;
   }
 
   /**
@@ -73,7 +86,16 @@ export class FairWorkQueue {
           this.retryAfterSeconds(),
         ),
       );
-    this.pendingBy.set(organisation, pending + 1);
+    let state = this.orgs.get(organisation);
+    if (!state) {
+      // Level with the least-served busy organisation, and ahead of it on the tie (it was served, this one not yet).
+      let least = Infinity;
+      for (const other of this.orgs.values()) least = Math.min(least, other.started);
+      state = { jobs: [], pending: 0, started: least === Infinity ? 0 : least, lastServed: -Number.MAX_SAFE_INTEGER + ++this.seq };
+      this.orgs.set(organisation, state);
+    }
+    const org = state;
+    org.pending++;
     return new Promise<T>((resolve, reject) => {
       const start = () => {
         this.running++;
@@ -87,30 +109,25 @@ export class FairWorkQueue {
         result.then(resolve, reject).finally(() => {
           this.averageMs = 0.8 * this.averageMs + 0.2 * Math.max(0, this.now() - began);
           this.running--;
-          const left = this.pending(organisation) - 1;
-          if (left > 0) this.pendingBy.set(organisation, left);
-          else this.pendingBy.delete(organisation);
+          if (--org.pending === 0) this.orgs.delete(organisation);
           this.dispatch();
         });
       };
-      let q = this.queued.get(organisation);
-      if (!q) {
-        this.queued.set(organisation, (q = []));
-        this.turn.push(organisation);
-      }
-      q.push({ start });
+      org.jobs.push({ start });
       this.dispatch();
     });
   }
 
-  /** Starts queued jobs, one organisation after the other, while there is room on the token. */
+  /** Starts queued jobs in fair order while there is room on the token. */
   private dispatch(): void {
-    while (this.running < this.o.concurrency && this.turn.length) {
-      const org = this.turn.shift()!;
-      const q = this.queued.get(org)!;
-      const job = q.shift()!;
-      if (q.length) this.turn.push(org);
-      else this.queued.delete(org);
+    while (this.running < this.o.concurrency) {
+      let next: OrgState | undefined;
+      for (const q of this.orgs.values())
+        if (q.jobs.length && (!next || q.started < next.started || (q.started === next.started && q.lastServed < next.lastServed))) next = q;
+      if (!next) return;
+      const job = next.jobs.shift()!;
+      next.started++;
+      next.lastServed = ++this.seq;
       job.start();
     }
   }
@@ -120,7 +137,7 @@ export class FairWorkQueue {
    * busy organisations' turns, each a job of the average duration, `concurrency` at a time.
    */
   private retryAfterSeconds(): number {
-    const busy = Math.max(1, this.pendingBy.size);
+    const busy = Math.max(1, this.orgs.size);
     return Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil((this.averageMs * busy) / this.o.concurrency / 1000)));
   }
 }

@@ -16,7 +16,7 @@ function gate() {
 const tick = () => new Promise((r) => setImmediate(r));
 
 describe('unit: fair work queue (expensive token work shared between organisations)', () => {
-  it('serves organisations round-robin: a late organisation waits one turn of each busy organisation, not the whole flood', async () => {
+  it('serves organisations fairly: a late organisation runs as soon as a slot frees, then they alternate', async () => {
     const q = new FairWorkQueue({ name: 'nl-01', concurrency: 1, maxPendingPerOrganisation: 100 });
     const started: string[] = [];
     const gates = new Map<string, ReturnType<typeof gate>>();
@@ -30,13 +30,29 @@ describe('unit: fair work queue (expensive token work shared between organisatio
     await tick();
     const b = q.run('org-b', job('b1'));
     const c = q.run('org-c', job('c1'));
-    // a1 runs; org-a's place in the turn (taken when a1 started) comes before the late org-b and org-c
-    for (const id of ['a1', 'a2', 'b1', 'c1', 'a3', 'a4']) {
+    for (const id of ['a1', 'b1', 'c1', 'a2', 'a3', 'a4']) {
       await tick();
       gates.get(id)!.open();
     }
     await Promise.all([...all, b, c]);
-    expect(started).to.deep.equal(['a1', 'a2', 'b1', 'c1', 'a3', 'a4']);
+    expect(started).to.deep.equal(['a1', 'b1', 'c1', 'a2', 'a3', 'a4']);
+  });
+
+  it('two busy organisations alternate; a newcomer does not get a burst of turns', async () => {
+    const q = new FairWorkQueue({ name: 'r', concurrency: 1, maxPendingPerOrganisation: 100 });
+    const started: string[] = [];
+    const g = gate();
+    const first = q.run('org-a', () => {
+      started.push('a0');
+      return g.done;
+    });
+    const rest = [
+      ...['a1', 'a2', 'a3', 'a4'].map((id) => q.run('org-a', async () => void started.push(id))),
+      ...['b1', 'b2', 'b3'].map((id) => q.run('org-b', async () => void started.push(id))),
+    ];
+    g.open();
+    await Promise.all([first, ...rest]);
+    expect(started).to.deep.equal(['a0', 'b1', 'a1', 'b2', 'a2', 'b3', 'a3', 'a4']);
   });
 
   it('never runs more than `concurrency` jobs, and runs every job exactly once (property)', async () => {
