@@ -156,6 +156,11 @@ export class TokenWorkQueues {
   }
 }
 
-/** Per region: two key-pair generations on the token at once, 16 pending per organisation. */
-export const KEYGEN_CONCURRENCY = 2;
+/**
+ * Per region and process: one key-pair generation on the token at a time (SoftHSM2 serialises a
+ * process's threads, so a second one adds no throughput, only waiting: a newcomer then waits for
+ * one running generation, not two), 16 pending per organisation. A multi-worker daemon has one
+ * queue per worker process.
+ */
+export const KEYGEN_CONCURRENCY = 1;
 export const KEYGEN_MAX_PENDING_PER_ORGANISATION = 16;
