@@ -673,6 +673,71 @@ async function phaseNproc(): Promise<void> {
   );
 }
 
+/**
+ * Fairness (issue 21): another organisation's key creation while one organisation floods
+ * import-parameters (an RSA-3072 pair each). Reported, not asserted: the queue's rules are
+ * tested in test/integration/hardening.test.ts by order of completion.
+ */
+async function phaseFairness(): Promise<void> {
+  const FLOOD_ORG = 'org-flood';
+  const samples = QUICK ? 5 : 15;
+  await attempt(
+    'fairness',
+    async () => {
+      const s = await createStack('fairness', mongoUri('fairness'), {}, [ORG, FLOOD_ORG]);
+      stacks.push(s);
+      const d = await daemon(s, { config: { workers: 1 }, label: 'kmsd-fairness' });
+      try {
+        const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+        const createLatencies = async (keyType: string, tag: string) => {
+          const ms: number[] = [];
+          for (let i = 0; i < samples; i++) {
+            const t = performance.now();
+            await d.ok('POST', '/v1/kms/nl-01/keys', { name: `fair-${tag}-${keyType}-${i}`, keyType });
+            ms.push(performance.now() - t);
+          }
+          return ms;
+        };
+        const alone = { ed25519: await createLatencies('ed25519', 'alone'), aes: await createLatencies('aes256-gcm96', 'alone') };
+        log(`fairness: alone ed25519 median ${median(alone.ed25519).toFixed(1)} ms, aes ${median(alone.aes).toFixed(1)} ms; flooding from ${FLOOD_ORG}`);
+        let flooding = true;
+        const outcome = { ok: 0, tooMany: 0, other: 0 };
+        const flooder = async () => {
+          while (flooding) {
+            const r = await d.call('POST', '/v1/kms/nl-01/keys/import-parameters', { keyType: 'aes256-gcm96', wrappingAlgorithm: 'RSA_OAEP_SHA1' }, FLOOD_ORG);
+            if (r.status === 200) outcome.ok++;
+            else if (r.status === 429) {
+              outcome.tooMany++;
+              await sleep(100);
+            } else outcome.other++;
+          }
+        };
+        // 48 parallel, as in the attack run (issue 21); limits.maxOpenImportTokens (50) ends the flood's successes early.
+        const flood = Array.from({ length: 48 }, () => flooder());
+        await sleep(1000);
+        const under = { ed25519: await createLatencies('ed25519', 'flood'), aes: await createLatencies('aes256-gcm96', 'flood') };
+        flooding = false;
+        await Promise.all(flood);
+        const max = (xs: number[]) => Math.max(...xs);
+        log(`  under flood: ed25519 median ${median(under.ed25519).toFixed(1)} ms (max ${max(under.ed25519).toFixed(0)}), aes ${median(under.aes).toFixed(1)} ms (max ${max(under.aes).toFixed(0)}); flood ${JSON.stringify(outcome)}`);
+        const note = `${samples} sequential creates by another organisation while ${FLOOD_ORG} runs 48 parallel import-parameters loops (${outcome.ok} × 200, ${outcome.tooMany} × 429, ${outcome.other} other); alone: median ${median(alone.ed25519).toFixed(1)} ms (ed25519), ${median(alone.aes).toFixed(1)} ms (aes)`;
+        infoRow('fair-create-ed25519', 'POST /keys ed25519 by another organisation during an import-parameters flood, median', median(under.ed25519), 'ms', undefined, note, {
+          alone: alone.ed25519,
+          underFlood: under.ed25519,
+          flood: outcome,
+        });
+        infoRow('fair-create-aes', 'POST /keys aes256-gcm96 by another organisation during an import-parameters flood, median', median(under.aes), 'ms', undefined, `max ${max(under.aes).toFixed(0)} ms`, {
+          alone: alone.aes,
+          underFlood: under.aes,
+        });
+      } finally {
+        await d.stop();
+      }
+    },
+    (note) => infoRow('fair-create-ed25519', 'POST /keys by another organisation during an import-parameters flood', null, 'ms', undefined, note),
+  );
+}
+
 async function phaseRotation(): Promise<void> {
   const n = Q.rotationKeys;
   const figure = `scheduled rotation of ${n.toLocaleString('en')} due keys (evaluationIntervalSeconds 1)`;
@@ -980,6 +1045,7 @@ async function main(): Promise<void> {
   if (phase('echo') && phase('api')) await phaseEchoAgain();
   if (phase('nproc')) await phaseNproc();
   if (phase('rotation')) await phaseRotation();
+  if (phase('fairness')) await phaseFairness();
   if (phase('cold')) await phaseCold();
   if (phase('profile')) await phaseProfile();
 

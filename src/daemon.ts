@@ -13,10 +13,11 @@ import { ThreadedAuditSink } from './audit/writer-thread.js';
 import { ClusterAuditSink } from './audit/cluster-sink.js';
 import { CLOCK_CHANGED, PRINCIPALS_CHANGED, PrincipalDirectory } from './auth/principals.js';
 import { ByokService } from './byok/byok-service.js';
-import { Clock } from './clock.js';
+import { Clock, clampOffsetMs, MAX_CLOCK_OFFSET_MS } from './clock.js';
 import { readSecret } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { CryptoService } from './crypto/crypto-service.js';
+import { validation } from './errors.js';
 import { KeyCache } from './keys/key-cache.js';
 import { KeyService } from './keys/key-service.js';
 import { createLogger } from './log.js';
@@ -57,9 +58,13 @@ async function installationId(db: Database): Promise<string> {
   return row!.value;
 }
 
-async function loadClockOffset(db: Database, clock: Clock): Promise<void> {
+async function loadClockOffset(db: Database, clock: Clock, log: Logger): Promise<void> {
   const row = await db.get<{ value: string }>('SELECT value FROM settings WHERE name = ?', [CLOCK_SETTING]);
-  clock.setOffset(row ? Number(row.value) : 0);
+  const stored = row ? Number(row.value) : 0;
+  // An older kmsd let the offset grow without bound; such a value is clamped (and said so), not refused.
+  if (clampOffsetMs(stored) !== stored)
+    log.warn('testing clock offset out of range: clamped to 0..100 years', { storedOffsetMs: row?.value, usedOffsetMs: clampOffsetMs(stored) });
+  clock.setOffset(stored);
 }
 
 /**
@@ -87,11 +92,11 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
 
   const feed = new ChangeFeed(path.join(config.dataDir, 'kmsd.generation'), repo, async (ids) => {
     if (ids.delete(PRINCIPALS_CHANGED)) await principals.reload();
-    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(db, clock);
+    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(db, clock, log);
     await cache.reload(ids);
   });
   await feed.init();
-  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(db, clock)]);
+  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(db, clock, log)]);
   if (config.testing.clockControl) log.warn('testing.clockControl is ON: the daemon clock can be moved over HTTP. Never use this in production.');
 
   const installation = await installationId(db);
@@ -132,7 +137,16 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     metrics.rotations.inc({ trigger }, n),
   );
   const crypto = new CryptoService(regions);
-  const byok = new ByokService({ db, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
+  const byok = new ByokService({
+    db,
+    regions,
+    keys,
+    rotation,
+    clock,
+    log,
+    allowPlaintextExport: config.export.allowPlaintext,
+    maxOpenImportTokens: config.limits.maxOpenImportTokens,
+  });
 
   const scheduler = new Scheduler(
     config.mongodbUri,
@@ -180,7 +194,14 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     advanceClock: async (seconds: number) => {
       await db.transaction(async (tx) => {
         const row = await tx.get<{ value: string }>('SELECT value FROM settings WHERE name = ?', [CLOCK_SETTING]);
-        const next = (row ? Number(row.value) : 0) + Math.round(seconds * 1000);
+        // Clamped like the clock itself: a stored value beyond range (older version) counts as 100 years.
+        const current = clampOffsetMs(row ? Number(row.value) : 0);
+        const next = current + Math.round(seconds * 1000);
+        if (!Number.isFinite(next) || next > MAX_CLOCK_OFFSET_MS)
+          throw validation(
+            `advanceSeconds: the testing clock may be at most 100 years (${MAX_CLOCK_OFFSET_MS / 1000} s) ahead in total; ` +
+              `it is ${current / 1000} s ahead, so at most ${(MAX_CLOCK_OFFSET_MS - current) / 1000} s more`,
+          );
         await tx.run('INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value', [
           CLOCK_SETTING,
           String(next),

@@ -16,12 +16,16 @@ export type ErrorCode =
   | 'PayloadTooLarge'
   | 'DecryptionFailed'
   | 'VersionNotAllowed'
-  | 'RegionUnavailable';
+  | 'RegionUnavailable'
+  | 'StoreUnavailable'
+  | 'TooManyRequests';
 
 export class KmsError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    /** TooManyRequests: when to come back (the Retry-After header), in whole seconds ≥ 1. */
+    readonly retryAfterSeconds?: number,
   ) {
     super(message);
     this.name = code;
@@ -38,3 +42,6 @@ export const decryptionFailed = (msg = 'decryption failed: wrong key, wrong aad 
   new KmsError('DecryptionFailed', msg);
 export const regionUnavailable = (region: string, why: string) =>
   new KmsError('RegionUnavailable', `region ${region} is unavailable: ${why}`);
+/** 429: an organisation over its share of expensive token work or over a storage limit; the message says which. */
+export const tooManyRequests = (msg: string, retryAfterSeconds: number) =>
+  new KmsError('TooManyRequests', msg, Math.max(1, Math.ceil(retryAfterSeconds)));

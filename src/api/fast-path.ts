@@ -63,9 +63,10 @@ export function withFastPath(s: Services, ops: CryptoOperation[], app: RequestLi
 function serve(s: Services, route: FastRoute, req: IncomingMessage, res: ServerResponse, region: string, id: string): void {
   const started = performance.now();
   const requestId = requestIdFrom(req.headers, randomUUID);
-  const send = (status: number, body: unknown) => {
+  const send = (status: number, body: unknown, headers?: Record<string, string>) => {
     const json = jsonText(body);
     res.writeHead(status, {
+      ...headers,
       'X-Request-Id': requestId,
       'Content-Type': 'application/json; charset=utf-8',
       'Content-Length': Buffer.byteLength(json),
@@ -88,7 +89,7 @@ function serve(s: Services, route: FastRoute, req: IncomingMessage, res: ServerR
       return;
     }
     route.run({ params: { region, id }, body, query: {}, headers: req.headers }, requestId).then(
-      (out) => send(out.status, out.body),
+      (out) => send(out.status, out.body, out.headers),
       (e: unknown) => {
         s.log.error('request failed', { requestId, error: (e as Error)?.stack ?? String(e) });
         send(500, { code: 'InternalError', message: 'internal error', requestId });

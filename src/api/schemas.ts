@@ -27,6 +27,23 @@ const stringMap = z
   .transform((v) => copyStringMap(v))
   .meta({ type: 'object', additionalProperties: { type: 'string' } });
 
+/**
+ * Labels and annotations are stored with the key and returned on every read: bounded (at most
+ * MAX_MAP_ENTRIES entries, keys 1–MAX_MAP_KEY_CHARS characters, values up to `maxValue`).
+ */
+export const MAX_MAP_ENTRIES = 64;
+export const MAX_MAP_KEY_CHARS = 128;
+export const MAX_LABEL_VALUE_CHARS = 1024;
+export const MAX_ANNOTATION_VALUE_CHARS = 4096;
+const boundedMap = (maxValue: number) =>
+  stringMap.superRefine((m, ctx) => {
+    const entries = Object.entries(m);
+    if (entries.length > MAX_MAP_ENTRIES) ctx.addIssue({ code: 'custom', message: `at most ${MAX_MAP_ENTRIES} entries` });
+    for (const [k, v] of entries) {
+      if (k.length < 1 || k.length > MAX_MAP_KEY_CHARS) ctx.addIssue({ code: 'custom', message: `keys are 1-${MAX_MAP_KEY_CHARS} characters` });
+      else if (v.length > maxValue) ctx.addIssue({ code: 'custom', path: [k], message: `values are at most ${maxValue} characters` });
+    }
+  });
 /** Key versions are strings on the wire; integers are accepted too. */
 export const keyVersion = z
   .union([z.string().regex(/^[1-9][0-9]{0,8}$/, 'must be a positive integer'), z.number().int().min(1).max(999_999_999)])
@@ -55,8 +72,8 @@ const createFields = {
   name: z.string().min(1).max(255).refine((n) => !CONTROL_CHARACTERS.test(n), { message: 'must not contain control characters' }),
   keyType: z.enum(KEY_TYPE_NAMES),
   description: z.string().max(1024).optional(),
-  labels: stringMap.optional(),
-  annotations: stringMap.optional(),
+  labels: boundedMap(MAX_LABEL_VALUE_CHARS).optional(),
+  annotations: boundedMap(MAX_ANNOTATION_VALUE_CHARS).optional(),
   exportAllowed: z.boolean().optional(),
   keyRotationEnabled: z.boolean().optional(),
   rotationPeriodInDays: period.optional(),

@@ -59,7 +59,7 @@ export class AwsError extends Error {
 export const awsValidation = (m: string) => new AwsError('ValidationException', m);
 
 /** kmsd's domain errors, as AWS KMS names them. Key state is checked by the adapter first (disabled vs pending deletion). */
-const FROM_KMS: Record<KmsError['code'] | 'TooManyRequests' | 'StoreUnavailable', AwsErrorName> = {
+const FROM_KMS: Record<KmsError['code'], AwsErrorName> = {
   ValidationError: 'ValidationException',
   InvalidCiphertext: 'InvalidCiphertextException',
   DecryptionFailed: 'InvalidCiphertextException',

@@ -13,7 +13,7 @@ import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { ObjectOptions } from '../token/templates.js';
 import { IMPORT_WRAPPING_BITS, parseWrappingAlgorithm, requireOaepHash, type WrappingAlgorithm } from './formats.js';
-import { ImportTokens, type ImportParameters, type ImportTokenRow } from './import-tokens.js';
+import { DEFAULT_MAX_OPEN_IMPORT_TOKENS, ImportTokens, type ImportParameters, type ImportTokenRow } from './import-tokens.js';
 import { directUnwrapper, ED25519_IMPORT_REFUSED, exportPlaintext, materialize, withTwoPartUnwrapper, wrapForCaller } from './token-material.js';
 import { WrappingKeys } from './wrapping-keys.js';
 
@@ -42,6 +42,8 @@ export interface ByokDeps {
   log: Logger;
   /** export.allowPlaintext of the operator config. */
   allowPlaintextExport: boolean;
+  /** limits.maxOpenImportTokens of the operator config: unexpired, unused import tokens per organisation. */
+  maxOpenImportTokens?: number;
 }
 
 /**
@@ -54,8 +56,8 @@ export class ByokService {
   readonly importTokens: ImportTokens;
 
   constructor(private readonly d: ByokDeps) {
-    this.wrappingKeys = new WrappingKeys(d.db, d.regions, d.clock, d.log);
-    this.importTokens = new ImportTokens(d.db, d.regions, d.clock, d.log);
+    this.wrappingKeys = new WrappingKeys(d.db, d.regions, d.clock, d.log, d.keys);
+    this.importTokens = new ImportTokens(d.db, d.regions, d.clock, d.log, d.keys, d.maxOpenImportTokens ?? DEFAULT_MAX_OPEN_IMPORT_TOKENS);
   }
 
   private hashes(region: string): Promise<HashName[]> {

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'winston';
 import type { Clock } from '../clock.js';
-import { validation } from '../errors.js';
-import type { Scope } from '../keys/key-service.js';
+import { tooManyRequests, validation } from '../errors.js';
+import type { KeyService, Scope } from '../keys/key-service.js';
 import type { KeyType } from '../keys/key-types.js';
-import type { Database } from '../store/database.js';
+import type { Database, Tx } from '../store/database.js';
 import { rsaPublicKeyObject, spkiPem } from '../token/public-key.js';
 import type { RegionRegistry } from '../token/regions.js';
 import { unwrapKeyPairTemplate } from '../token/templates.js';
@@ -32,6 +32,8 @@ export interface ImportParameters {
 
 /** A pair no row names is left alone this long (real time): its creator may be about to record it. */
 const UNRECORDED_GRACE_MS = 10 * 60_000;
+/** limits.maxOpenImportTokens when not configured (the contract's default). */
+export const DEFAULT_MAX_OPEN_IMPORT_TOKENS = 50;
 const sha256Hex = (s: string) => createHash('sha256').update(s).digest('hex');
 
 /**
@@ -47,13 +49,49 @@ export class ImportTokens {
     private readonly regions: RegionRegistry,
     private readonly clock: Clock,
     private readonly log: Logger,
+    /** Whose pairWork queues the RSA-3072 generations: the organisation's fair share of the token. */
+    private readonly keys: Pick<KeyService, 'pairWork'>,
+    /** limits.maxOpenImportTokens: unexpired, unused tokens one organisation may hold. */
+    private readonly maxOpen: number = DEFAULT_MAX_OPEN_IMPORT_TOKENS,
   ) {}
 
+  /**
+   * The organisation's open (unexpired, unused) import tokens, in every region, and when the
+   * first of them expires. Each one holds an RSA-3072 pair on a token.
+   */
+  private async openTokens(organisation: string, tx?: Tx): Promise<{ open: number; firstExpiry: string | null }> {
+    const row = await (tx ?? this.db).get<{ open: number; firstExpiry: string | null }>(
+      'SELECT COUNT(*) AS open, MIN(expires_at) AS firstExpiry FROM import_tokens WHERE organisation = ? AND used_at IS NULL AND expires_at > ?',
+      [organisation, this.clock.nowIso()],
+    );
+    return row ?? { open: 0, firstExpiry: null };
+  }
+
+  /** 429 when the organisation holds maxOpen open tokens; Retry-After = until the first one expires (daemon clock). */
+  private async checkOpenTokens(organisation: string, tx?: Tx): Promise<void> {
+    const { open, firstExpiry } = await this.openTokens(organisation, tx);
+    if (open < this.maxOpen) return;
+    const seconds = firstExpiry ? (Date.parse(firstExpiry) - this.clock.nowMs()) / 1000 : 1;
+    throw tooManyRequests(
+      `organisation ${organisation} holds ${open} unexpired, unused import tokens (limits.maxOpenImportTokens: ${this.maxOpen}); ` +
+        'use or let some expire before requesting new import parameters',
+      seconds,
+    );
+  }
+
+  /**
+   * New import parameters: an RSA-3072 pair in the region's token, generated in the organisation's
+   * fair turn (see FairWorkQueue), and a single-use token naming it.
+   * @throws KmsError TooManyRequests when the organisation is over its share of key-pair
+   *   generation or holds limits.maxOpenImportTokens open tokens.
+   */
   async issue(scope: Scope, keyType: KeyType, wrappingAlgorithm: WrappingAlgorithm): Promise<ImportParameters> {
     const token = this.regions.require(scope.region);
+    // Checked before the (expensive) generation, and again atomically with the insert below.
+    await this.checkOpenTokens(scope.organisation);
     const ckaId = newByokObjectId(IMPORT_KEY_PREFIX);
     const t = unwrapKeyPairTemplate(IMPORT_WRAPPING_BITS, { ckaId: Buffer.from(ckaId), label: 'kmsd-import-key', extractable: false });
-    const pair = await token.generateKeyPairRaw(t.mechanism, t.publicTemplate, t.privateTemplate);
+    const pair = await this.keys.pairWork(scope.organisation, scope.region, () => token.generateKeyPairRaw(t.mechanism, t.publicTemplate, t.privateTemplate));
     let pem: string;
     try {
       pem = spkiPem(rsaPublicKeyObject(token.readPublicKeyByHandle(pair.publicKey)));
@@ -64,16 +102,17 @@ export class ImportTokens {
     token.cacheHandle(Buffer.from(ckaId), 'private', pair.privateKey);
 
     const importToken = newImportToken();
-    const now = this.clock.nowMs();
-    const expiresAt = new Date(now + IMPORT_TOKEN_TTL_MS).toISOString();
+    const createdAt = this.clock.nowIso();
+    const expiresAt = this.clock.isoAfterMs(IMPORT_TOKEN_TTL_MS);
     try {
-      await this.db.transaction((tx) =>
-        tx.run(
+      await this.db.transaction(async (tx) => {
+        await this.checkOpenTokens(scope.organisation, tx);
+        await tx.run(
           `INSERT INTO import_tokens (token_sha256, region, organisation, project, key_type, wrapping_algorithm, cka_id, expires_at, used_at, created_at)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)`,
-          [sha256Hex(importToken), scope.region, scope.organisation, scope.project, keyType, wrappingAlgorithm, ckaId, expiresAt, new Date(now).toISOString()],
-        ),
-      );
+          [sha256Hex(importToken), scope.region, scope.organisation, scope.project, keyType, wrappingAlgorithm, ckaId, expiresAt, createdAt],
+        );
+      });
     } catch (e) {
       await token.destroy(Buffer.from(ckaId)).catch(() => undefined); // else the sweep finds it (no row names it)
       throw e;

@@ -27,10 +27,13 @@ const region = z
 
 const roles = z.enum(['admin', 'key-admin', 'crypto-user', 'auditor']);
 
+/** Principal names and organisation identities go into every audit record: bounded, printable. */
+const identifier = z.string().regex(/^[\x21-\x7e]{1,128}$/, '1-128 printable characters without spaces');
+
 const principal = z.strictObject({
-  name: z.string().min(1),
+  name: identifier,
   tokenSha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'tokenSha256 must be 64 hex characters'),
-  organisations: z.array(z.string().min(1)).min(1),
+  organisations: z.array(identifier).min(1).max(256),
   roles: z.array(roles).min(1),
 });
 
@@ -124,8 +127,10 @@ export const configSchema = z
       .strictObject({
         maxBodyBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(65536),
         maxBatchItems: z.number().int().min(1).max(100000).default(1000),
+        /** Unexpired, unused import tokens one organisation may hold (each is an RSA-3072 pair on a token). */
+        maxOpenImportTokens: z.number().int().min(1).max(100000).default(50),
       })
-      .default({ maxBodyBytes: 65536, maxBatchItems: 1000 }),
+      .default({ maxBodyBytes: 65536, maxBatchItems: 1000, maxOpenImportTokens: 50 }),
     export: z.strictObject({ allowPlaintext: z.boolean().default(false) }).default({ allowPlaintext: false }),
     testing: z.strictObject({ clockControl: z.boolean().default(false) }).default({ clockControl: false }),
     xks: xks.optional(),

@@ -49,6 +49,8 @@ const FROM_KMS: Partial<Record<KmsError['code'], XksErrorName>> = {
   VersionNotAllowed: 'InvalidStateException',
   NotFound: 'KeyNotFoundException',
   RegionUnavailable: 'DependencyTimeoutException',
+  StoreUnavailable: 'DependencyTimeoutException',
+  TooManyRequests: 'ThrottlingException',
   KmsNotEnabled: 'InvalidStateException',
 };
 

@@ -135,8 +135,9 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
           });
       } catch (auditErr) {
         s.log.error('xks audit record failed', { requestId, error: String(auditErr) });
-        outcome = 'InternalException';
-        send(res, 500, errorBody(new XksError('InternalException', 'audit trail unavailable')), requestId);
+        // Fail-closed like the main API (503 StoreUnavailable there): retryable, not a bug.
+        outcome = 'DependencyTimeoutException';
+        send(res, 503, errorBody(new XksError('DependencyTimeoutException', 'audit trail unavailable; retry')), requestId);
         return;
       }
       const extra: Record<string, string> = {};

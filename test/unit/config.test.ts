@@ -58,7 +58,7 @@ describe('unit: config file validation (loadConfig on temp files)', () => {
     const c = loadConfig(write(stringify({ mongodbUri: VALID.mongodbUri, regions: VALID.regions })));
     expect(c.listen).to.deep.equal({ host: '127.0.0.1', port: 8200 });
     expect(c.rotation).to.deep.equal({ evaluationIntervalSeconds: 3600, maxManualRotations: 10 });
-    expect(c.limits).to.deep.equal({ maxBodyBytes: 65536, maxBatchItems: 1000 });
+    expect(c.limits).to.deep.equal({ maxBodyBytes: 65536, maxBatchItems: 1000, maxOpenImportTokens: 50 });
     expect(c.export.allowPlaintext).to.equal(false);
     expect(c.testing.clockControl).to.equal(false);
   });
