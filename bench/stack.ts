@@ -38,12 +38,12 @@ export function killAllChildren(): void {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function createStack(name: string, mongodbUri: string, config: Record<string, unknown> = {}): Promise<TestStack> {
+export async function createStack(name: string, mongodbUri: string, config: Record<string, unknown> = {}, organisations: string[] = [ORG]): Promise<TestStack> {
   const opts: StackOptions = {
     name: `bench-${name}`,
     mongodbUri,
-    organisations: [{ identity: ORG, kmsEnabled: true }],
-    principals: [{ name: 'admin', roles: ['admin'], organisations: [ORG] }],
+    organisations: organisations.map((identity) => ({ identity, kmsEnabled: true })),
+    principals: [{ name: 'admin', roles: ['admin'], organisations }],
     config: { logLevel: 'warn', ...config },
   };
   return TestStack.create(opts);

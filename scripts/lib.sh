@@ -10,7 +10,7 @@ log() { printf '[kmsd] %s\n' "$*" >&2; }
 # SoftHSM2 + OpenSC (pkcs11-tool) from Debian, only when missing.
 ensure_softhsm() {
   if [ -e "$SOFTHSM_LIB" ] && command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null; then return; fi
-  log "installing softhsm2 and opensc from Debian"
+  log "installing softhsm2 and opensc from Debian (apt-get; usually about 1 minute)"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc >/dev/null
@@ -35,17 +35,17 @@ ensure_node() {
   cd "$ROOT"
   if [ ! -f node_modules/pkcs11js/build/Release/pkcs11.node ] || [ ! -f node_modules/sqlite3/build/Release/node_sqlite3.node ] \
      || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    log "installing npm dependencies"
+    log "installing npm dependencies (npm ci with native builds of pkcs11js and sqlite3; usually about 1 minute)"
     npm ci --no-audit --no-fund --loglevel=error
   fi
-  log "compiling TypeScript"
+  log "compiling TypeScript (usually 10-30 seconds)"
   npx tsc -p tsconfig.json
 }
 
 # FerretDB 1.24 (SQLite backend) embedded in a tiny Go main; built once, cached in .cache/.
 ensure_ferretdb() {
   if [ -x "$FERRETDB_BIN" ] && [ "$FERRETDB_BIN" -nt "$ROOT/scripts/ferretdb/main.go" ] && [ "$FERRETDB_BIN" -nt "$ROOT/scripts/ferretdb/go.sum" ]; then return; fi
-  log "building FerretDB 1.24 (embedded, SQLite backend) from the Go module proxy"
+  log "building FerretDB 1.24 (embedded, SQLite backend) from the Go module proxy (first run only; usually 1-2 minutes)"
   mkdir -p "$ROOT/.cache"
   (cd "$ROOT/scripts/ferretdb" && go build -o "$FERRETDB_BIN" .)
 }
@@ -64,6 +64,16 @@ init_token() {
   echo "$conf"
 }
 
+# The AWS CLI (v1, from PyPI) in a venv under tmp/, for the AWS KMS API tests; only when missing.
+AWSCLI_VENV="$ROOT/tmp/awscli-venv"
+ensure_awscli() {
+  if [ -x "$AWSCLI_VENV/bin/aws" ]; then return; fi
+  log "installing the AWS CLI (pip install awscli) into tmp/awscli-venv"
+  mkdir -p "$ROOT/tmp"
+  python3 -m venv "$AWSCLI_VENV"
+  "$AWSCLI_VENV/bin/pip" install --quiet --disable-pip-version-check awscli
+}
+
 # Everything the tests and the bench start for real: SoftHSM2, the compiled daemon, and a
 # MongoDB-compatible server (mongod when on PATH, else the FerretDB build).
 ensure_test_stack() {
@@ -72,4 +82,5 @@ ensure_test_stack() {
   ensure_node
   if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
   ensure_ferretdb
+  ensure_awscli
 }

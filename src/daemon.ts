@@ -13,10 +13,11 @@ import { ClusterAuditSink } from './audit/cluster-sink.js';
 import { localProcessAlive, NodeLeaseKeeper } from './cluster/liveness.js';
 import { CLOCK_CHANGED, PRINCIPALS_CHANGED, PrincipalDirectory } from './auth/principals.js';
 import { ByokService } from './byok/byok-service.js';
-import { Clock } from './clock.js';
+import { Clock, clampOffsetMs, MAX_CLOCK_OFFSET_MS } from './clock.js';
 import { readSecret } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { CryptoService } from './crypto/crypto-service.js';
+import { validation } from './errors.js';
 import { KeyCache } from './keys/key-cache.js';
 import { KeyService } from './keys/key-service.js';
 import { createLogger } from './log.js';
@@ -30,6 +31,7 @@ import type { Store } from './store/store.js';
 import { RegionToken } from './token/region-token.js';
 import { RegionRegistry } from './token/regions.js';
 import type { XksServer } from './xks/server.js';
+import type { AwsServer } from './aws/server.js';
 
 export const VERSION = '0.1.0';
 const CLOCK_SETTING = 'clock_offset_ms';
@@ -43,6 +45,7 @@ export interface RunningDaemon {
   services: Services;
   port: number;
   xksPort?: number;
+  awsPort?: number;
   stop(): Promise<void>;
 }
 
@@ -51,9 +54,13 @@ function installationId(store: Store): Promise<string> {
   return store.settings.getOrInit('installation_id', randomBytes(8).toString('hex'));
 }
 
-async function loadClockOffset(store: Store, clock: Clock): Promise<void> {
+async function loadClockOffset(store: Store, clock: Clock, log: Logger): Promise<void> {
   const value = await store.settings.get(CLOCK_SETTING);
-  clock.setOffset(value ? Number(value) : 0);
+  const stored = value ? Number(value) : 0;
+  // An older kmsd let the offset grow without bound; such a value is clamped (and said so), not refused.
+  if (clampOffsetMs(stored) !== stored)
+    log.warn('testing clock offset out of range: clamped to 0..100 years', { storedOffsetMs: value, usedOffsetMs: clampOffsetMs(stored) });
+  clock.setOffset(stored);
 }
 
 /**
@@ -84,11 +91,11 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
 
   const feed = new ChangeFeed(store.changeSignal(), store.changes, async (ids) => {
     if (ids.delete(PRINCIPALS_CHANGED)) await principals.reload();
-    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(store, clock);
+    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(store, clock, log);
     await cache.reload(ids);
   });
   await feed.init();
-  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(store, clock)]);
+  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(store, clock, log)]);
   if (config.testing.clockControl) log.warn('testing.clockControl is ON: the daemon clock can be moved over HTTP. Never use this in production.');
 
   const installation = await installationId(store);
@@ -133,7 +140,17 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     metrics.rotations.inc({ trigger }, n),
   );
   const crypto = new CryptoService(regions);
-  const byok = new ByokService({ store, creatorAlive, regions, keys, rotation, clock, log, allowPlaintextExport: config.export.allowPlaintext });
+  const byok = new ByokService({
+    store,
+    creatorAlive,
+    regions,
+    keys,
+    rotation,
+    clock,
+    log,
+    allowPlaintextExport: config.export.allowPlaintext,
+    maxOpenImportTokens: config.limits.maxOpenImportTokens,
+  });
 
   const scheduler = new Scheduler(
     config.mongodbUri,
@@ -181,7 +198,16 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     },
     advanceClock: async (seconds: number) => {
       await store.transaction(async (tx) => {
-        await tx.settings.addInteger(CLOCK_SETTING, Math.round(seconds * 1000));
+        const stored = await tx.settings.get(CLOCK_SETTING);
+        // Clamped like the clock itself: a stored value beyond range (older version) counts as 100 years.
+        const current = clampOffsetMs(stored ? Number(stored) : 0);
+        const next = current + Math.round(seconds * 1000);
+        if (!Number.isFinite(next) || next > MAX_CLOCK_OFFSET_MS)
+          throw validation(
+            `advanceSeconds: the testing clock may be at most 100 years (${MAX_CLOCK_OFFSET_MS / 1000} s) ahead in total; ` +
+              `it is ${current / 1000} s ahead, so at most ${(MAX_CLOCK_OFFSET_MS - current) / 1000} s more`,
+          );
+        await tx.settings.put(CLOCK_SETTING, String(next));
         await tx.changes.record(CLOCK_CHANGED);
       });
       await feed.publish();
@@ -201,7 +227,9 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const port = (server.address() as AddressInfo).port;
   let xks: XksServer | undefined;
   if (config.xks) xks = await (await import('./xks/server.js')).startXks(config.xks, services);
-  log.info('kmsd listening', { host: config.listen.host, port, tls: Boolean(tls), xksPort: xks?.port, startupMs: Date.now() - startedAtMs });
+  let aws: AwsServer | undefined;
+  if (config.aws) aws = await (await import('./aws/server.js')).startAws(config.aws, services, store);
+  log.info('kmsd listening', { host: config.listen.host, port, tls: Boolean(tls), xksPort: xks?.port, awsPort: aws?.port, startupMs: Date.now() - startedAtMs });
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
@@ -213,6 +241,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
           server.closeIdleConnections();
         }),
         xks?.close(),
+        aws?.close(),
       ]);
       await scheduler.stop();
       await audit.close();
@@ -223,5 +252,5 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       log.info('kmsd stopped');
     })());
 
-  return { services, port, xksPort: xks?.port, stop };
+  return { services, port, xksPort: xks?.port, awsPort: aws?.port, stop };
 }

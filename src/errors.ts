@@ -17,12 +17,15 @@ export type ErrorCode =
   | 'DecryptionFailed'
   | 'VersionNotAllowed'
   | 'RegionUnavailable'
-  | 'StoreUnavailable';
+  | 'StoreUnavailable'
+  | 'TooManyRequests';
 
 export class KmsError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    /** TooManyRequests: when to come back (the Retry-After header), in whole seconds ≥ 1. */
+    readonly retryAfterSeconds?: number,
   ) {
     super(message);
     this.name = code;
@@ -41,3 +44,6 @@ export const decryptionFailed = (msg = 'decryption failed: wrong key, wrong aad 
 export const storeUnavailable = (why: string) => new KmsError('StoreUnavailable', `the metadata store is unavailable: ${why}; retry`);
 export const regionUnavailable = (region: string, why: string) =>
   new KmsError('RegionUnavailable', `region ${region} is unavailable: ${why}`);
+/** 429: an organisation over its share of expensive token work or over a storage limit; the message says which. */
+export const tooManyRequests = (msg: string, retryAfterSeconds: number) =>
+  new KmsError('TooManyRequests', msg, Math.max(1, Math.ceil(retryAfterSeconds)));

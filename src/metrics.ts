@@ -72,6 +72,19 @@ export class Metrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
     registers: [this.registry],
   });
+  readonly awsRequests = new client.Counter({
+    name: 'kmsd_aws_requests_total',
+    help: 'AWS KMS-compatible API requests by operation and outcome (error name or success)',
+    labelNames: ['operation', 'outcome'],
+    registers: [this.registry],
+  });
+  readonly awsDuration = new client.Histogram({
+    name: 'kmsd_aws_request_duration_seconds',
+    help: 'AWS KMS-compatible API latency by operation',
+    labelNames: ['operation'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
   readonly regionUp = new client.Gauge({
     name: 'kmsd_region_token_up',
     help: '1 when the region token is usable',
@@ -104,6 +117,11 @@ export class Metrics {
   /** One XKS request: count by operation and outcome; latency by operation. */
   observeXks(operation: string, outcome: string, seconds: number): void {
     this.observe(`xks ${operation} ${outcome}`, () => ({ count: this.xksRequests.labels(operation, outcome), time: this.xksDuration.labels(operation) }), seconds);
+  }
+
+  /** One AWS KMS API request: count by operation and outcome; latency by operation. */
+  observeAws(operation: string, outcome: string, seconds: number): void {
+    this.observe(`aws ${operation} ${outcome}`, () => ({ count: this.awsRequests.labels(operation, outcome), time: this.awsDuration.labels(operation) }), seconds);
   }
 
   /** Max and p99 event-loop delay since the previous scrape: proves no HSM call blocks the loop. */

@@ -10,6 +10,7 @@ import { withFastPath } from './fast-path.js';
 import { keyRoutes } from './routes/keys.js';
 import { systemRoutes } from './routes/system.js';
 import type { Services } from './services.js';
+import { jsonText } from './wire.js';
 
 /** The daemon's request listener: the POST cryptographic operations' fast path in front of Express. */
 export function createRequestListener(s: Services, version: string): RequestListener {
@@ -25,6 +26,11 @@ export function createApp(s: Services, version: string, ops: CryptoOperation[] =
   app.set('query parser', 'extended');
 
   app.use((req: Request, res: Response, next: NextFunction) => {
+    // Every JSON body ends with a newline (jsonText), here as on the fast path and XKS.
+    res.json = (body: unknown) => {
+      if (!res.get('Content-Type')) res.set('Content-Type', 'application/json; charset=utf-8');
+      return res.send(jsonText(body));
+    };
     const id = requestIdFrom(req.headers, randomUUID);
     res.locals.requestId = id;
     res.setHeader('X-Request-Id', id);

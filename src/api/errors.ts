@@ -18,6 +18,7 @@ export const STATUS_OF: Record<ErrorCode, number> = {
   PayloadTooLarge: 413,
   DecryptionFailed: 422,
   VersionNotAllowed: 422,
+  TooManyRequests: 429,
   RegionUnavailable: 503,
   StoreUnavailable: 503,
 };
@@ -26,11 +27,23 @@ export interface MappedError {
   status: number;
   code: string;
   message: string;
+  /** 429: seconds for the Retry-After header. */
+  retryAfterSeconds?: number;
 }
+
+/** An audit record could not be committed: the request is refused (audit is fail-closed) and may be retried. */
+export const AUDIT_UNAVAILABLE: MappedError = {
+  status: 503,
+  code: 'StoreUnavailable',
+  message: 'audit trail unavailable: the record of this request could not be written; retry',
+};
 
 /** Turns anything thrown below the API into the contract's error; unknown errors are 500 (a bug). */
 export function mapError(e: unknown, region?: string): MappedError {
-  if (e instanceof KmsError) return { status: STATUS_OF[e.code], code: e.code, message: e.message };
+  if (e instanceof KmsError)
+    return e.retryAfterSeconds === undefined
+      ? { status: STATUS_OF[e.code], code: e.code, message: e.message }
+      : { status: STATUS_OF[e.code], code: e.code, message: e.message, retryAfterSeconds: e.retryAfterSeconds };
   if (e instanceof TokenError) {
     if (e.kind === 'unavailable')
       return { status: 503, code: 'RegionUnavailable', message: `region ${region ?? ''} is unavailable: ${e.message}`.replace('  ', ' ') };
@@ -53,6 +66,7 @@ export function mapError(e: unknown, region?: string): MappedError {
 }
 
 export function sendError(res: Response, err: MappedError, requestId: string): void {
+  if (err.retryAfterSeconds !== undefined) res.set('Retry-After', String(err.retryAfterSeconds));
   res.status(err.status).json({ code: err.code, message: err.message, requestId });
 }
 

@@ -4,6 +4,7 @@ import { requestIdFrom } from './context.js';
 import type { Operation } from './handler.js';
 import { cryptoRoutePath, type CryptoOperation } from './routes/crypto.js';
 import type { Services } from './services.js';
+import { jsonText } from './wire.js';
 
 /** `/v1/kms/{region}/keys/{id}/{operation}` with nothing Express would have to decode or normalise. */
 const ROUTE = /^\/v1\/kms\/([A-Za-z0-9._~-]+)\/keys\/([A-Za-z0-9._~-]+)\/([a-z-]+)$/;
@@ -62,9 +63,10 @@ export function withFastPath(s: Services, ops: CryptoOperation[], app: RequestLi
 function serve(s: Services, route: FastRoute, req: IncomingMessage, res: ServerResponse, region: string, id: string): void {
   const started = performance.now();
   const requestId = requestIdFrom(req.headers, randomUUID);
-  const send = (status: number, body: unknown) => {
-    const json = JSON.stringify(body);
+  const send = (status: number, body: unknown, headers?: Record<string, string>) => {
+    const json = jsonText(body);
     res.writeHead(status, {
+      ...headers,
       'X-Request-Id': requestId,
       'Content-Type': 'application/json; charset=utf-8',
       'Content-Length': Buffer.byteLength(json),
@@ -87,7 +89,7 @@ function serve(s: Services, route: FastRoute, req: IncomingMessage, res: ServerR
       return;
     }
     route.run({ params: { region, id }, body, query: {}, headers: req.headers }, requestId).then(
-      (out) => send(out.status, out.body),
+      (out) => send(out.status, out.body, out.headers),
       (e: unknown) => {
         s.log.error('request failed', { requestId, error: (e as Error)?.stack ?? String(e) });
         send(500, { code: 'InternalError', message: 'internal error', requestId });

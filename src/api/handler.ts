@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
 import { KmsError, validation } from '../errors.js';
-import { mapError, type MappedError } from './errors.js';
+import { AUDIT_UNAVAILABLE, mapError, type MappedError } from './errors.js';
 import { bearerToken, requireOrganisation, RequestContext } from './context.js';
 import type { Services } from './services.js';
 
@@ -16,12 +16,21 @@ export interface ApiRequest {
   body: unknown;
   query: Record<string, unknown>;
   headers: IncomingHttpHeaders;
+  /** The request target as received (path and raw query), where the framework keeps it. */
+  originalUrl?: string;
 }
 
 export type RouteBody = (req: ApiRequest, ctx: RequestContext) => Reply | Promise<Reply>;
 
+/** What an operation answers: status, JSON body and extra headers (Retry-After on a 429). */
+export interface OperationResult {
+  status: number;
+  body: unknown;
+  headers?: Record<string, string>;
+}
+
 /** One API operation, independent of the HTTP framework: resolves to the status and JSON body to send. */
-export type Operation = (req: ApiRequest, requestId: string) => Promise<{ status: number; body: unknown }>;
+export type Operation = (req: ApiRequest, requestId: string) => Promise<OperationResult>;
 
 export interface RouteOptions {
   /** Route has a `:region` parameter. */
@@ -33,6 +42,10 @@ export interface RouteOptions {
 }
 
 const errorBody = (m: MappedError, requestId: string) => ({ code: m.code, message: m.message, requestId });
+const errorResult = (m: MappedError, requestId: string): OperationResult =>
+  m.retryAfterSeconds === undefined
+    ? { status: m.status, body: errorBody(m, requestId) }
+    : { status: m.status, body: errorBody(m, requestId), headers: { 'Retry-After': String(m.retryAfterSeconds) } };
 
 /**
  * Wraps one API operation: authentication, organisation and region checks, the handler,
@@ -42,6 +55,8 @@ const errorBody = (m: MappedError, requestId: string) => ({ code: m.code, messag
 export function operation(s: Services, action: string, opts: RouteOptions, body: RouteBody): Operation {
   return async (req, requestId) => {
     const region = opts.regional ? String(req.params.region) : undefined;
+    // What a record of a rejected request may keep: only values checked against the configuration.
+    const auditRegion = region !== undefined && s.regions.has(region) ? region : null;
     let ctx: RequestContext | undefined;
     let principal: string | null = null;
     let organisation: string | null = null;
@@ -53,22 +68,25 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
       const p = s.principals.authenticate(token);
       if (!p) throw new KmsError('Unauthenticated', 'unknown token');
       principal = p.name;
-      organisation = requireOrganisation(req.headers);
-      if (!p.organisations.includes(organisation)) throw new KmsError('Forbidden', `principal ${p.name} is not a member of organisation ${organisation}`);
+      const claimed = requireOrganisation(req.headers);
+      // Recorded only when it names an organisation kmsd knows (a member's, or a configured one).
+      if (p.organisations.includes(claimed) || s.config.organisations.some((o) => o.identity === claimed)) organisation = claimed;
+      if (!p.organisations.includes(claimed))
+        throw new KmsError('Forbidden', `principal ${p.name} is not a member of organisation ${claimed.length > 128 ? `${claimed.slice(0, 128)}…` : claimed}`);
       const org = s.config.organisations.find((o) => o.identity === organisation);
       if (!opts.allowDisabledOrg && !org?.kmsEnabled) throw new KmsError('KmsNotEnabled', `KMS is not enabled for organisation ${organisation}`);
       const project = typeof req.headers['x-project-identity'] === 'string' ? req.headers['x-project-identity'] : '';
       if (project.length > 128) throw validation('X-Project-Identity: at most 128 characters');
       if (region !== undefined) {
-        if (!s.regions.has(region)) throw new KmsError('NotFound', `region ${region} not found`);
+        if (!auditRegion) throw new KmsError('NotFound', `region ${region.length > 64 ? `${region.slice(0, 64)}…` : region} not found`);
         if (!opts.tokenOptional) s.regions.require(region);
       }
-      ctx = new RequestContext(s, requestId, p, organisation, project, region);
+      ctx = new RequestContext(s, requestId, p, claimed, project, region);
       const reply = await body(req, ctx);
       await s.audit.record({
         action,
         outcome: 'success',
-        region: region ?? null,
+        region: auditRegion,
         keyIdentity: ctx.auditKey ?? null,
         keyVersion: ctx.auditVersion ?? null,
         principal,
@@ -85,8 +103,12 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
         await s.audit.record({
           action,
           outcome: [401, 403, 404].includes(m.status) ? 'denied' : 'failure',
-          region: region ?? null,
+          region: auditRegion,
+          // Only a key resolved in the caller's scope: an id the caller merely named (another
+          // organisation's, say) is not recorded, so no listing learns of keys it cannot see.
           keyIdentity: ctx?.auditKey ?? null,
+          // The version the input named (e.g. a tampered kms:v3: ciphertext), when it got that far.
+          keyVersion: ctx?.auditVersion ?? null,
           principal,
           organisation,
           requestId,
@@ -94,12 +116,9 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
         });
       } catch (auditErr) {
         s.log.error('audit record failed', { requestId, error: String(auditErr) });
-        // Fail-closed on a store that is failing over: 503 StoreUnavailable (retry), not a bug.
-        const am = mapError(auditErr, region);
-        if (am.code === 'StoreUnavailable') return { status: am.status, body: errorBody(am, requestId) };
-        return { status: 500, body: errorBody({ status: 500, code: 'InternalError', message: 'audit trail unavailable' }, requestId) };
+        return errorResult(AUDIT_UNAVAILABLE, requestId);
       }
-      return { status: m.status, body: errorBody(m, requestId) };
+      return errorResult(m, requestId);
     }
   };
 }
@@ -108,6 +127,7 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
 export function expressRoute(op: Operation): RequestHandler {
   return async (req: Request, res: Response) => {
     const out = await op(req as ApiRequest, String(res.locals.requestId));
+    if (out.headers) res.set(out.headers);
     res.status(out.status).json(out.body);
   };
 }

@@ -39,6 +39,9 @@ const ERROR = {
   properties: { code: { type: 'string' }, message: { type: 'string' }, requestId: { type: 'string' } },
 };
 
+/** Routes that may generate a key pair in the token (fair queue, 429 TooManyRequests). */
+const KEY_PAIR_WORK = new Set(['/v1/kms/{region}/keys', '/v1/kms/{region}/keys/{id}/rotate', '/v1/kms/{region}/keys/import-parameters']);
+
 /** OpenAPI 3.1 generated from the same zod schemas that validate requests. */
 export function openApiDocument(version: string) {
   const paths: Record<string, Record<string, unknown>> = {};
@@ -56,6 +59,12 @@ export function openApiDocument(version: string) {
         default: { description: 'Error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
       },
     };
+    if (method === 'post' && KEY_PAIR_WORK.has(path))
+      (op.responses as Record<string, unknown>)['429'] = {
+        description: 'TooManyRequests: the organisation is over its share of key-pair generation, or holds limits.maxOpenImportTokens import tokens',
+        headers: { 'Retry-After': { description: 'seconds', schema: { type: 'integer', minimum: 1 } } },
+        content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
+      };
     if (schema)
       op.requestBody = {
         required: !['createKey'].includes(schema) ? false : true,

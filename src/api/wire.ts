@@ -1,4 +1,5 @@
 import { rotationStatus, type KeyRecord } from '../keys/model.js';
+import { versionStatus } from '../keys/version-policy.js';
 
 /** The key resource exactly as the contract and the Thalassa Go client expect it. */
 export function keyToWire(k: KeyRecord) {
@@ -18,7 +19,7 @@ export function keyToWire(k: KeyRecord) {
     keyRotationEnabled: k.rotationEnabled,
     latestVersion: k.latestVersion,
     minDecryptionVersion: k.minDecryptionVersion,
-    versions: k.versions.map((v) => ({ version: v.version, status: v.status, createdAt: v.createdAt })),
+    versions: k.versions.map((v) => ({ version: v.version, status: versionStatus(k, v), createdAt: v.createdAt })),
     createdAt: k.createdAt,
     updatedAt: k.updatedAt,
     objectVersion: k.objectVersion,
@@ -32,4 +33,12 @@ export function keyToWire(k: KeyRecord) {
   // The Go client declares rotationPeriodInDays as an integer or absent: never null.
   if (k.rotationPeriodDays !== null) out.rotationPeriodInDays = k.rotationPeriodDays;
   return out;
+}
+
+/**
+ * A JSON response body as sent on every path (Express, the fast path, XKS): one line of JSON
+ * ending with a newline, so shell one-liners (`curl …; curl …`) do not run together.
+ */
+export function jsonText(body: unknown): string {
+  return `${JSON.stringify(body)}\n`;
 }

@@ -23,6 +23,16 @@ export interface StoredAuditEvent extends AuditEvent {
 }
 
 const GENESIS = '0'.repeat(64);
+/** The testing clock's moves: daemon-wide, so every organisation's listing shows them. */
+export const CLOCK_ACTION = 'kms.testing.clock';
+/**
+ * No record is larger (contract: "Fairness and bounded storage"). Sources keep records small by
+ * recording only validated fields; boundAuditEvent is the last line of defence.
+ */
+export const MAX_AUDIT_RECORD_BYTES = 2048;
+/** Any one text column of a record, at most (a region, key id, principal…; all validated far below this). */
+const MAX_AUDIT_FIELD_BYTES = 200;
+const TEXT_FIELDS = ['action', 'region', 'keyIdentity', 'keyVersion', 'principal', 'organisation', 'requestId'] as const;
 /** 13 columns × 1000 rows = 13,000 bound parameters, below SQLite's 32,766. */
 const MAX_BATCH = 1000;
 
@@ -64,6 +74,49 @@ export function chainRows(events: (AuditEvent & { time: string })[], head: Chain
   });
 }
 
+/** The stored size of a record's content in bytes (UTF-8 text of every column, detail as JSON). */
+export function auditRecordBytes(e: StoredAuditEventDraft): number {
+  let n = Buffer.byteLength(e.time) + Buffer.byteLength(e.outcome);
+  for (const f of TEXT_FIELDS) if (e[f]) n += Buffer.byteLength(e[f]);
+  if (e.detail) n += Buffer.byteLength(JSON.stringify(e.detail));
+  return n;
+}
+
+/** `s` cut to at most `max` UTF-8 bytes (never inside a character). */
+function cutBytes(s: string, max: number): string {
+  if (Buffer.byteLength(s) <= max) return s;
+  let out = s.slice(0, max);
+  while (Buffer.byteLength(out) > max) out = out.slice(0, -1);
+  return out;
+}
+
+/**
+ * A record within MAX_AUDIT_RECORD_BYTES: text columns cut to MAX_AUDIT_FIELD_BYTES, then
+ * `detail` entries kept in order while they fit (the rest dropped, `truncated: true` added).
+ * Records of the sources' own making never get here oversized; this bounds any future mistake.
+ */
+export function boundAuditEvent(e: StoredAuditEventDraft): StoredAuditEventDraft {
+  // Fast path (every request): each character is at most 3 UTF-8 bytes (a surrogate pair, 2 chars, is 4).
+  let chars = e.time.length + e.outcome.length;
+  for (const f of TEXT_FIELDS) chars += e[f]?.length ?? 0;
+  const detailJson = e.detail ? JSON.stringify(e.detail) : '';
+  if ((chars + detailJson.length) * 3 <= MAX_AUDIT_RECORD_BYTES || auditRecordBytes(e) <= MAX_AUDIT_RECORD_BYTES) return e;
+  const out: StoredAuditEventDraft = { ...e, detail: null };
+  for (const f of TEXT_FIELDS) {
+    const v = out[f];
+    if (v) out[f] = cutBytes(v, MAX_AUDIT_FIELD_BYTES);
+  }
+  if (e.detail) {
+    const kept: Record<string, unknown> = { truncated: true };
+    out.detail = kept;
+    for (const [k, v] of Object.entries(e.detail)) {
+      kept[k] = v;
+      if (auditRecordBytes(out) > MAX_AUDIT_RECORD_BYTES) delete kept[k];
+    }
+  }
+  return out;
+}
+
 interface Pending {
   resolve: () => void;
   reject: (e: unknown) => void;
@@ -73,6 +126,8 @@ interface Pending {
 export interface AuditSink {
   /** true when the sink queues and coalesces batches itself, so callers need not wait in line. */
   readonly pipelined: boolean;
+  /** Why the sink cannot write any more (its writer thread died), if so. */
+  readonly broken?: string;
   append(events: StoredAuditEventDraft[]): Promise<void>;
   close(): Promise<void>;
 }
@@ -106,6 +161,8 @@ export class AuditLog {
   private queue: { event: StoredAuditEventDraft; pending: Pending }[] = [];
   private flushing = false;
   committed = 0;
+  /** The error of the last commit, until a later commit succeeds: /readyz reports it. */
+  private lastFailure?: string;
 
   constructor(
     private readonly chain: AuditRepository,
@@ -116,7 +173,7 @@ export class AuditLog {
 
   record(event: AuditEvent): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ event: { ...event, time: this.clock.nowIso() }, pending: { resolve, reject } });
+      this.queue.push({ event: boundAuditEvent({ ...event, time: this.clock.nowIso() }), pending: { resolve, reject } });
       if (!this.flushing) {
         this.flushing = true;
         setImmediate(() => void this.flush());
@@ -130,17 +187,27 @@ export class AuditLog {
       const started = performance.now();
       const done = this.sink.append(batch.map((b) => b.event)).then(
         () => {
+          this.lastFailure = undefined;
           this.committed += batch.length;
           this.onBatch(batch.length, (performance.now() - started) / 1000);
           for (const b of batch) b.pending.resolve();
         },
         (e) => {
+          this.lastFailure = String((e as Error)?.message ?? e);
           for (const b of batch) b.pending.reject(e);
         },
       );
       if (!this.sink.pipelined) await done;
     }
     this.flushing = false;
+  }
+
+  /**
+   * Why records cannot be written now (the last commit failed and none succeeded since, or the
+   * writer is gone), else undefined. Cheap: /readyz asks on every probe.
+   */
+  unwritable(): string | undefined {
+    return this.sink.broken ?? this.lastFailure;
   }
 
   close(): Promise<void> {
@@ -173,7 +240,7 @@ export class AuditLog {
     since?: string;
     limit: number;
   }): Promise<StoredAuditEvent[]> {
-    return (await this.chain.query(f)).map(fromRow);
+    return (await this.chain.query({ ...f, everyOrganisationAction: CLOCK_ACTION })).map(fromRow);
   }
 }
 

@@ -39,13 +39,24 @@ async function runWriter(dataDir: string): Promise<void> {
 export class ThreadedAuditSink implements AuditSink {
   readonly pipelined = true;
   private readonly pending = new PendingAppends();
+  /** Set when the writer thread died: nothing can be appended any more (/readyz reports it). */
+  broken?: string;
+  private closing = false;
 
   private constructor(private readonly worker: Worker) {
     worker.on('message', (m: Reply | 'ready') => {
       if (m === 'ready') return;
       for (const id of m.ids) this.pending.settle(id, m.error);
     });
-    worker.on('error', (e) => this.pending.failAll(e));
+    worker.on('error', (e) => {
+      this.broken = `audit writer thread failed: ${e.message}`;
+      this.pending.failAll(e);
+    });
+    worker.on('exit', (code) => {
+      if (this.closing) return;
+      this.broken ??= `audit writer thread exited (${code})`;
+      this.pending.failAll(new Error(this.broken));
+    });
   }
 
   static async start(dataDir: string): Promise<ThreadedAuditSink> {
@@ -58,10 +69,13 @@ export class ThreadedAuditSink implements AuditSink {
   }
 
   append(events: StoredAuditEventDraft[]): Promise<void> {
+    // A message to a dead thread would never be answered: fail now instead of hanging the request.
+    if (this.broken) return Promise.reject(new Error(this.broken));
     return this.pending.add((id) => this.worker.postMessage({ id, events } satisfies Submit));
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.postMessage('close');
     await exited;

@@ -54,11 +54,23 @@ export class PrincipalDirectory {
   }
 }
 
+/** A principal's name and organisation identities: 1–128 printable characters each (they go into every audit record). */
+export const PRINCIPAL_FIELD = /^[\x21-\x7e]{1,128}$/;
+/** At most this many organisations per principal. */
+export const MAX_PRINCIPAL_ORGANISATIONS = 256;
+
+function checkPrincipalFields(p: { name: string; organisations: string[] }): void {
+  if (!PRINCIPAL_FIELD.test(p.name)) throw new Error('principal name: 1-128 printable characters without spaces');
+  if (p.organisations.length > MAX_PRINCIPAL_ORGANISATIONS) throw new Error(`at most ${MAX_PRINCIPAL_ORGANISATIONS} organisations per principal`);
+  for (const o of p.organisations) if (!PRINCIPAL_FIELD.test(o)) throw new Error(`organisation ${o.slice(0, 40)}: 1-128 printable characters without spaces`);
+}
+
 /** Used by `kmsctl principal add`: stores the digest, returns the token (shown once). */
 export async function addPrincipal(
   store: Store,
   p: { name: string; organisations: string[]; roles: Role[] },
 ): Promise<string> {
+  checkPrincipalFields(p);
   const token = `kmsd_${randomBytes(32).toString('base64url')}`;
   await store.transaction(async (tx) => {
     await tx.principals.add({ ...p, tokenSha256: sha256Hex(token), createdAt: new Date().toISOString() });

@@ -59,7 +59,7 @@ if (workers > 1 && cluster.isPrimary) {
     };
     process.once('SIGTERM', () => void shutdown());
     process.once('SIGINT', () => void shutdown());
-    if (process.send) process.send({ kmsd: 'ready', port: d.port, xksPort: d.xksPort });
+    if (process.send) process.send({ kmsd: 'ready', port: d.port, xksPort: d.xksPort, awsPort: d.awsPort });
   } catch (e) {
     log.error('kmsd failed to start', { error: (e as Error).stack ?? String(e) });
     process.exit(1);

@@ -4,7 +4,8 @@ import type { Clock } from '../clock.js';
 import { forbidden, keyState, regionUnavailable, unsupported, validation } from '../errors.js';
 import type { CreateKeyInput, KeyService, Scope } from '../keys/key-service.js';
 import { isAsymmetric, KEY_TYPES, type KeyType } from '../keys/key-types.js';
-import { findVersion, slugify, type KeyRecord } from '../keys/model.js';
+import { slugify, type KeyRecord } from '../keys/model.js';
+import { versionForNew } from '../keys/version-policy.js';
 import type { RotationService } from '../rotation/rotation-service.js';
 import type { CreatorAlive } from '../cluster/liveness.js';
 import type { Store } from '../store/store.js';
@@ -13,7 +14,7 @@ import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { ObjectOptions } from '../token/templates.js';
 import { IMPORT_WRAPPING_BITS, parseWrappingAlgorithm, requireOaepHash, type WrappingAlgorithm } from './formats.js';
-import { ImportTokens, type ImportParameters, type ImportTokenRow } from './import-tokens.js';
+import { DEFAULT_MAX_OPEN_IMPORT_TOKENS, ImportTokens, type ImportParameters, type ImportTokenRow } from './import-tokens.js';
 import { directUnwrapper, ED25519_IMPORT_REFUSED, exportPlaintext, materialize, withTwoPartUnwrapper, wrapForCaller } from './token-material.js';
 import { WrappingKeys } from './wrapping-keys.js';
 
@@ -44,6 +45,8 @@ export interface ByokDeps {
   log: Logger;
   /** export.allowPlaintext of the operator config. */
   allowPlaintextExport: boolean;
+  /** limits.maxOpenImportTokens of the operator config: unexpired, unused import tokens per organisation. */
+  maxOpenImportTokens?: number;
 }
 
 /**
@@ -56,8 +59,8 @@ export class ByokService {
   readonly importTokens: ImportTokens;
 
   constructor(private readonly d: ByokDeps) {
-    this.wrappingKeys = new WrappingKeys(d.store.wrappingKeys, d.regions, d.clock, d.log, d.creatorAlive);
-    this.importTokens = new ImportTokens(d.store.importTokens, d.regions, d.clock, d.log);
+    this.wrappingKeys = new WrappingKeys(d.store.wrappingKeys, d.regions, d.clock, d.log, d.keys, d.creatorAlive);
+    this.importTokens = new ImportTokens(d.store, d.regions, d.clock, d.log, d.keys, d.maxOpenImportTokens ?? DEFAULT_MAX_OPEN_IMPORT_TOKENS);
   }
 
   private hashes(region: string): Promise<HashName[]> {
@@ -106,13 +109,14 @@ export class ByokService {
   }
 
   /** POST /keys/import. The token is checked first and used up only once the key's fields passed. */
-  async importKey(scope: Scope, input: ImportWithTokenInput): Promise<KeyRecord> {
+  async importKey(scope: Scope, input: ImportWithTokenInput, opts: { identity?: string } = {}): Promise<KeyRecord> {
     checkImportable(input.keyType);
     checkRotationFields(input);
     const row = await this.importTokens.check(scope, input.importToken, input.keyType);
     const token = this.d.regions.require(scope.region);
     return this.d.keys.create(scope, input, {
       imported: true,
+      identity: opts.identity,
       source: (ckaId) => this.unwrapWithImportToken(token, row, input.keyType, target(ckaId, `${slugify(input.name)}/v1`, input.exportAllowed), input.wrappedKeyMaterial),
     });
   }
@@ -153,9 +157,7 @@ export class ByokService {
   async export(key: KeyRecord, req: ExportRequest): Promise<ExportResult> {
     if (!key.exportAllowed) throw forbidden(`key ${key.identity} was not created with exportAllowed: true and cannot be exported`);
     if (key.status !== 'active') throw keyState(`key is ${key.status}; export needs an active key`);
-    const v = findVersion(key, req.keyVersion ?? key.latestVersion);
-    if (!v) throw validation(`keyVersion: key has no version ${req.keyVersion}`);
-    if (v.status !== 'enabled') throw validation(`keyVersion: version ${v.version} is disabled`);
+    const v = versionForNew(key, req.keyVersion);
     const token = this.d.regions.require(key.region);
     const object = token.handle(Buffer.from(v.ckaId), isAsymmetric(key.keyType) ? 'private' : 'secret');
 

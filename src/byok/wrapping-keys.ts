@@ -5,6 +5,7 @@ import type { Clock } from '../clock.js';
 import { regionUnavailable } from '../errors.js';
 import type { WrappingKeysRepository } from '../store/store.js';
 import { rsaPublicKeyObject, spkiPem } from '../token/public-key.js';
+import type { KeyService } from '../keys/key-service.js';
 import type { RegionRegistry } from '../token/regions.js';
 import { unwrapKeyPairTemplate } from '../token/templates.js';
 import { newByokObjectId, REGIONAL_WRAPPING_BITS, WRAPPING_KEY_PREFIX } from './formats.js';
@@ -38,6 +39,8 @@ export class WrappingKeys {
     private readonly regions: RegionRegistry,
     private readonly clock: Clock,
     private readonly log: Logger,
+    /** Whose pairWork queues the generation: the token's fair share of expensive work. */
+    private readonly keys: Pick<KeyService, 'pairWork'>,
     private readonly creatorAlive: CreatorAlive = localProcessAlive,
   ) {}
 
@@ -97,7 +100,10 @@ export class WrappingKeys {
     if (!reserved) return undefined;
     try {
       const t = unwrapKeyPairTemplate(REGIONAL_WRAPPING_BITS, { ckaId: Buffer.from(ckaId), label: `kmsd-wrapping-key/${region}`, extractable: false });
-      const pair = await token.generateKeyPairRaw(t.mechanism, t.publicTemplate, t.privateTemplate, Buffer.from(ckaId));
+      // Once per region, for everyone: the daemon's own turn on the token, waited for and never refused.
+      const pair = await this.keys.pairWork(DAEMON_WORK, region, () => token.generateKeyPairRaw(t.mechanism, t.publicTemplate, t.privateTemplate, Buffer.from(ckaId)), {
+        bounded: false,
+      });
       const pem = spkiPem(rsaPublicKeyObject(token.readPublicKeyByHandle(pair.publicKey)));
       await this.repo.complete(region, ckaId, pem);
       this.log.info('generated the regional wrapping key', { region, ckaId });
@@ -122,6 +128,8 @@ export class WrappingKeys {
   }
 }
 
+/** The fair queue's name for work the daemon does for every organisation. */
+const DAEMON_WORK = 'kmsd';
 const RESERVATION_POLL_MS = 250;
 /** RSA-4096 generation takes seconds on SoftHSM2; a reservation this old is abandoned. */
 const RESERVATION_WAIT_MS = 120_000;

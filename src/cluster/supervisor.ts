@@ -25,7 +25,7 @@ export async function runSupervisor(count: number, level: string, sqliteDataDir:
     ready.add(worker.id);
     if (!announced && ready.size >= count && process.send) {
       announced = true;
-      process.send({ kmsd: 'ready', port: m.port, xksPort: (m as { xksPort?: number }).xksPort, workers: count });
+      process.send({ kmsd: 'ready', port: m.port, xksPort: (m as { xksPort?: number }).xksPort, awsPort: (m as { awsPort?: number }).awsPort, workers: count });
     }
   });
   log.info('kmsd supervisor started', { workers: count });

@@ -21,7 +21,7 @@ export function loadConfig(file: string): Config {
   }
   const parsed = configSchema.safeParse(raw ?? {});
   if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `  ${formatPath(i.path) || '(root)'}: ${i.message}`);
+    const lines = parsed.error.issues.map((i) => `  ${formatPath(i.path) || '(root)'}: ${i.message}${unquotedHint(i, raw)}`);
     throw new ConfigError(`invalid config ${file}:\n${lines.join('\n')}`);
   }
   const cfg = parsed.data;
@@ -43,6 +43,18 @@ export function loadConfig(file: string): Config {
   for (const ks of cfg.xks?.keystores ?? [])
     for (const c of ks.credentials) if (c.secretAccessKeyFile) c.secretAccessKeyFile = path.resolve(base, c.secretAccessKeyFile);
   return cfg;
+}
+
+/**
+ * YAML reads unquoted digits (a tokenSha256 of 64 zeros, a PIN-like label) as a number and
+ * true/false as booleans; where the schema wants a string, say so and how to fix it.
+ */
+function unquotedHint(issue: { code: string; path: readonly PropertyKey[]; expected?: unknown }, raw: unknown): string {
+  if (issue.code !== 'invalid_type' || issue.expected !== 'string') return '';
+  let v: unknown = raw;
+  for (const p of issue.path) v = v && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[p] : undefined;
+  if (typeof v !== 'number' && typeof v !== 'boolean') return '';
+  return ` (YAML read the unquoted value as a ${typeof v}: put it in quotes, e.g. "…")`;
 }
 
 function formatPath(p: readonly PropertyKey[]): string {

@@ -27,10 +27,13 @@ const region = z
 
 const roles = z.enum(['admin', 'key-admin', 'crypto-user', 'auditor']);
 
+/** Principal names and organisation identities go into every audit record: bounded, printable. */
+const identifier = z.string().regex(/^[\x21-\x7e]{1,128}$/, '1-128 printable characters without spaces');
+
 const principal = z.strictObject({
-  name: z.string().min(1),
+  name: identifier,
   tokenSha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'tokenSha256 must be 64 hex characters'),
-  organisations: z.array(z.string().min(1)).min(1),
+  organisations: z.array(identifier).min(1).max(256),
   roles: z.array(roles).min(1),
 });
 
@@ -74,6 +77,36 @@ const xks = z.strictObject({
     .min(1),
 });
 
+const awsCredential = z
+  .strictObject({
+    accessKeyId: z.string().regex(/^[A-Z0-9]{16,128}$/, 'accessKeyId: 16-128 characters of A-Z and 0-9'),
+    ...secretSource('secretAccessKeyEnv', 'secretAccessKeyFile'),
+    /** A configured principal (config or kmsctl): its roles apply to this credential's requests. */
+    principal: z.string().min(1),
+    organisation: z.string().min(1),
+    /** The kmsd region this credential's keys live in. */
+    region: z.string().min(1),
+    project: z.string().min(1).optional(),
+  })
+  .refine((c) => Boolean(c.secretAccessKeyEnv) !== Boolean(c.secretAccessKeyFile), {
+    message: 'exactly one of secretAccessKeyEnv or secretAccessKeyFile is required',
+    path: ['secretAccessKeyEnv'],
+  });
+
+/** (kmsd) The AWS KMS-compatible API listener (API.md "AWS KMS-compatible API"). */
+const aws = z.strictObject({
+  listen: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535).default(4599),
+    })
+    .default({ host: '127.0.0.1', port: 4599 }),
+  tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
+  sigv4Region: z.string().regex(/^[a-z0-9-]{1,64}$/, 'sigv4Region: lower-case letters, digits and -').default('us-east-1'),
+  accountId: z.string().regex(/^\d{12}$/, 'accountId: 12 digits').default('111122223333'),
+  credentials: z.array(awsCredential).min(1),
+});
+
 export const configSchema = z
   .strictObject({
     listen: listen.default({ host: '127.0.0.1', port: 8200 }),
@@ -94,8 +127,10 @@ export const configSchema = z
       .strictObject({
         maxBodyBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(65536),
         maxBatchItems: z.number().int().min(1).max(100000).default(1000),
+        /** Unexpired, unused import tokens one organisation may hold (each is an RSA-3072 pair on a token). */
+        maxOpenImportTokens: z.number().int().min(1).max(100000).default(50),
       })
-      .default({ maxBodyBytes: 65536, maxBatchItems: 1000 }),
+      .default({ maxBodyBytes: 65536, maxBatchItems: 1000, maxOpenImportTokens: 50 }),
     export: z.strictObject({ allowPlaintext: z.boolean().default(false) }).default({ allowPlaintext: false }),
     testing: z.strictObject({ clockControl: z.boolean().default(false) }).default({ clockControl: false }),
     /** (kmsd) absent = SQLite in dataDir (one host); postgres = cluster mode. */
@@ -111,6 +146,7 @@ export const configSchema = z
       })
       .optional(),
     xks: xks.optional(),
+    aws: aws.optional(),
     /** (kmsd) processes serving the API; 0 = one per CPU core. */
     workers: z.number().int().min(0).max(64).default(1),
     /** (kmsd) winston level. */
@@ -126,9 +162,14 @@ export const configSchema = z
       if (!names.has(k.region))
         ctx.addIssue({ code: 'custom', path: ['xks', 'keystores', i, 'region'], message: `unknown region ${k.region}` });
     });
+    c.aws?.credentials.forEach((k, i) => {
+      if (!names.has(k.region))
+        ctx.addIssue({ code: 'custom', path: ['aws', 'credentials', i, 'region'], message: `unknown region ${k.region}` });
+    });
   });
 
 export type Config = z.infer<typeof configSchema>;
 export type RegionConfig = Config['regions'][number];
 export type Role = z.infer<typeof roles>;
 export type XksConfig = NonNullable<Config['xks']>;
+export type AwsConfig = NonNullable<Config['aws']>;

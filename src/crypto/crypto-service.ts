@@ -2,7 +2,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { decryptionFailed, invalidCiphertext, KmsError, keyState, unsupported, validation } from '../errors.js';
 import { isAsymmetric, KEY_TYPES, type KeyFamily } from '../keys/key-types.js';
-import { findVersion, type KeyRecord, type KeyVersion } from '../keys/model.js';
+import type { KeyRecord, KeyVersion } from '../keys/model.js';
+import { enabledVersions, versionForExisting, versionForNew } from '../keys/version-policy.js';
 import { CKM_EDDSA, HASH_MECH, HMAC_MECH, type HashName } from '../token/constants.js';
 import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
@@ -65,24 +66,6 @@ export class CryptoService {
     return this.regions.require(key.region);
   }
 
-  /** The version new operations use: latest, or an explicitly named enabled one. */
-  private versionForNew(key: KeyRecord, requested: number | undefined): KeyVersion {
-    const v = findVersion(key, requested ?? key.latestVersion);
-    if (!v) throw validation(`keyVersion: key has no version ${requested}`);
-    if (v.status !== 'enabled') throw validation(`keyVersion: version ${requested} is disabled`);
-    return v;
-  }
-
-  /** The version named inside a versioned string: must exist (400) and be allowed (422). */
-  private versionForExisting(key: KeyRecord, version: number, field: string): KeyVersion {
-    const v = findVersion(key, version);
-    if (!v) throw invalidCiphertext(`${field}: names version ${version}, which this key does not have`);
-    if (version < key.minDecryptionVersion)
-      throw new KmsError('VersionNotAllowed', `version ${version} is below minDecryptionVersion ${key.minDecryptionVersion}`);
-    if (v.status !== 'enabled') throw new KmsError('VersionNotAllowed', `version ${version} is disabled`);
-    return v;
-  }
-
   // ---- AES-GCM -------------------------------------------------------------------------------
 
   encrypt(key: KeyRecord, plaintext: Buffer, aad: Buffer, keyVersion?: number) {
@@ -92,7 +75,7 @@ export class CryptoService {
 
   /** One AES-GCM encryption, synchronously on the main thread (~20 µs: cheaper than a thread hop). */
   private encryptWith(token: RegionToken, key: KeyRecord, plaintext: Buffer, aad: Buffer, keyVersion?: number) {
-    const v = this.versionForNew(key, keyVersion);
+    const v = versionForNew(key, keyVersion);
     const iv = this.ivs.next();
     return this.encrypted(v, iv, token.aesGcmEncrypt(this.objectId(v), iv, aad, plaintext));
   }
@@ -113,7 +96,7 @@ export class CryptoService {
 
   private decryptable(key: KeyRecord, ciphertext: string) {
     const { version, data } = parseVersioned(ciphertext, 'ciphertext');
-    const v = this.versionForExisting(key, version, 'ciphertext');
+    const v = versionForExisting(key, version, 'ciphertext');
     if (data.length < 12 + 16) throw invalidCiphertext('ciphertext: shorter than IV and tag');
     return { v, data };
   }
@@ -141,7 +124,7 @@ export class CryptoService {
    */
   encryptParts(key: KeyRecord, plaintext: Buffer, aad: Buffer | ((version: number) => Buffer)) {
     const token = this.usable(key, ['aes'], 'encrypt');
-    const v = this.versionForNew(key, undefined);
+    const v = versionForNew(key, undefined);
     const iv = this.ivs.next();
     const out = token.aesGcmEncrypt(this.objectId(v), iv, typeof aad === 'function' ? aad(v.version) : aad, plaintext);
     return { version: v.version, iv, ciphertext: out.subarray(0, out.length - 16), tag: out.subarray(out.length - 16) };
@@ -150,7 +133,7 @@ export class CryptoService {
   /** Decrypts with an explicitly named version (same version rules as `decrypt`); a bad tag is DecryptionFailed. */
   decryptParts(key: KeyRecord, version: number, iv: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer): Buffer {
     const token = this.usable(key, ['aes'], 'decrypt');
-    const v = this.versionForExisting(key, version, 'ciphertextMetadata');
+    const v = versionForExisting(key, version, 'ciphertextMetadata');
     if (iv.length !== 12 || tag.length !== 16) throw invalidCiphertext('IV must be 12 bytes and the tag 16 bytes');
     const pt = token.aesGcmDecrypt(this.objectId(v), iv, aad, Buffer.concat([ciphertext, tag]));
     if (!pt) throw decryptionFailed();
@@ -177,23 +160,37 @@ export class CryptoService {
     return out;
   }
 
-  /** Every item under the version that is latest when the batch starts. */
-  encryptBatch(key: KeyRecord, items: { plaintext: Buffer; aad: Buffer }[]) {
+  /**
+   * Every item under the version that is latest when the batch starts. Items that are already
+   * errors (rejected by the adapter's validation) keep their slot and are passed through.
+   */
+  encryptBatch(key: KeyRecord, items: ({ plaintext: Buffer; aad: Buffer } | CryptoErrorItem)[]) {
     const token = this.usable(key, ['aes'], 'encrypt');
-    const v = this.versionForNew(key, undefined);
+    const v = versionForNew(key, undefined);
     const id = this.objectId(v);
     return this.inChunks(key, 'encrypt', token, items, (t, chunk) => {
-      const inputs = chunk.map((it) => ({ iv: this.ivs.next(), aad: it.aad, plaintext: it.plaintext }));
-      const cts = t.aesGcmEncryptMany(id, inputs);
-      return inputs.map((it, j) => this.encrypted(v, it.iv, cts[j]!));
+      const out: ({ ciphertext: string; keyVersion: string } | CryptoErrorItem)[] = new Array(chunk.length);
+      const inputs: { iv: Buffer; aad: Buffer; plaintext: Buffer }[] = [];
+      const slots: number[] = [];
+      chunk.forEach((it, j) => {
+        if ('error' in it) out[j] = it;
+        else {
+          inputs.push({ iv: this.ivs.next(), aad: it.aad, plaintext: it.plaintext });
+          slots.push(j);
+        }
+      });
+      const cts = inputs.length ? t.aesGcmEncryptMany(id, inputs) : [];
+      slots.forEach((j, n) => (out[j] = this.encrypted(v, inputs[n]!.iv, cts[n]!)));
+      return out;
     });
   }
 
-  /** A bad item gets an error in its slot and the others go on. */
-  decryptBatch(key: KeyRecord, items: { ciphertext: string; aad: Buffer }[]) {
+  /** A bad item gets an error in its slot and the others go on (items that are already errors pass through). */
+  decryptBatch(key: KeyRecord, items: ({ ciphertext: string; aad: Buffer } | CryptoErrorItem)[]) {
     const token = this.usable(key, ['aes'], 'decrypt');
     return this.inChunks(key, 'decrypt', token, items, (t, chunk) =>
       chunk.map((i): { plaintext: string; keyVersion: string } | CryptoErrorItem => {
+        if ('error' in i) return i;
         try {
           const r = this.decryptWith(t, key, i.ciphertext, i.aad);
           return { plaintext: r.plaintext.toString('base64'), keyVersion: r.keyVersion };
@@ -260,7 +257,7 @@ export class CryptoService {
 
   async sign(key: KeyRecord, req: SignInput) {
     const token = this.usable(key, ['ed25519', 'ecdsa', 'rsa'], 'sign');
-    const v = this.versionForNew(key, req.keyVersion);
+    const v = versionForNew(key, req.keyVersion);
     const plan = this.signingPlan(key, req);
     let sig = await token.sign(this.objectId(v), plan.mech, plan.data);
     if (KEY_TYPES[key.keyType].family === 'ecdsa') sig = rawToDer(sig);
@@ -270,7 +267,7 @@ export class CryptoService {
   async verify(key: KeyRecord, req: Omit<SignInput, 'keyVersion'> & { signature: string }) {
     const token = this.usable(key, ['ed25519', 'ecdsa', 'rsa'], 'verify');
     const { version, data } = parseVersioned(req.signature, 'signature');
-    const v = this.versionForExisting(key, version, 'signature');
+    const v = versionForExisting(key, version, 'signature');
     const plan = this.signingPlan(key, req);
     let sig: Buffer | undefined = data;
     if (KEY_TYPES[key.keyType].family === 'ecdsa') sig = derToRaw(data, EC_SIZE[key.keyType]!);
@@ -290,7 +287,7 @@ export class CryptoService {
   hmac(key: KeyRecord, input: Buffer, keyVersion?: number, algorithm?: string) {
     const token = this.usable(key, ['hmac'], 'hmac');
     const mech = this.hmacMechanism(key, algorithm, 'algorithm');
-    const v = this.versionForNew(key, keyVersion);
+    const v = versionForNew(key, keyVersion);
     return { hmac: formatVersioned(v.version, token.hmac(this.objectId(v), mech, input)), keyVersion: String(v.version) };
   }
 
@@ -298,7 +295,7 @@ export class CryptoService {
     const token = this.usable(key, ['hmac'], 'verify-hmac');
     const mech = this.hmacMechanism(key, hashAlgorithm, 'hashAlgorithm');
     const { version, data } = parseVersioned(mac, 'hmac');
-    const v = this.versionForExisting(key, version, 'hmac');
+    const v = versionForExisting(key, version, 'hmac');
     const expected = token.hmac(this.objectId(v), mech, input);
     const valid = expected.length === data.length && timingSafeEqual(expected, data);
     return { valid, keyVersion: String(version) };
@@ -310,13 +307,9 @@ export class CryptoService {
     if (!isAsymmetric(key.keyType)) throw unsupported(`public-key is not available for keyType ${key.keyType}`);
     if (key.status !== 'active') throw keyState(`key is ${key.status}`);
     const token = this.regions.require(key.region);
-    const versions = version === undefined ? key.versions.filter((v) => v.status === 'enabled') : [findVersion(key, version)];
+    const versions = version === undefined ? enabledVersions(key) : [versionForNew(key, version, 'version')];
     const keys: Record<string, string> = {};
-    for (const v of versions) {
-      if (!v) throw validation(`version: key has no version ${version}`);
-      if (v.status !== 'enabled') throw validation(`version: version ${v.version} is disabled`);
-      keys[String(v.version)] = this.pem(token, v.ckaId);
-    }
+    for (const v of versions) keys[String(v.version)] = this.pem(token, v.ckaId);
     return { keys, keyType: key.keyType };
   }
 
@@ -329,13 +322,14 @@ export class CryptoService {
     return pem;
   }
 
-  async decryptAsymmetric(key: KeyRecord, ciphertext: Buffer, keyVersion: number | undefined, hashFunction: string | undefined) {
+  /** Raw RSA-OAEP names no version, so the caller must (`keyVersion`, required). */
+  async decryptAsymmetric(key: KeyRecord, ciphertext: Buffer, keyVersion: number, hashFunction: string | undefined) {
     const token = this.usable(key, ['rsa'], 'decrypt-asymmetric');
     const supported = await this.regions.oaepHashes(key.region);
     const hash = (hashFunction ?? supported[0]) as HashName | undefined;
     if (!hash || !supported.includes(hash))
       throw unsupported(`hashFunction: this region's token does RSA-OAEP with ${supported.join(', ') || 'no hash'} only`);
-    const v = keyVersion === undefined ? findVersion(key, key.latestVersion)! : this.versionForExisting(key, keyVersion, 'keyVersion');
+    const v = versionForExisting(key, keyVersion, 'keyVersion');
     const pt = await token.rsaOaepDecrypt(this.objectId(v), hash, ciphertext);
     if (!pt) throw decryptionFailed('decryption failed: wrong key, wrong hash or corrupted ciphertext');
     return { plaintext: pt.toString('base64'), keyVersion: String(v.version) };

@@ -14,6 +14,16 @@ export function parseVersioned(s: unknown, field: string): { version: number; da
   return { version: Number(m[1]), data: Buffer.from(m[2]!, 'base64') };
 }
 
+const VERSION_PREFIX = /^kms:v([1-9][0-9]{0,8}):/;
+
+/**
+ * The version a `kms:v<N>:` string names, even when the rest is unusable (for the audit record
+ * of a failed operation); undefined when there is no such prefix.
+ */
+export function namedVersion(s: unknown): string | undefined {
+  return typeof s === 'string' ? VERSION_PREFIX.exec(s)?.[1] : undefined;
+}
+
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 /** Strict standard base64 (the contract's encoding for every binary field). */

@@ -5,9 +5,10 @@ import { addDays, type Clock } from '../clock.js';
 import { KmsError, keyState, notFound, unsupported, validation } from '../errors.js';
 import type { ChangeFeed } from '../store/change-feed.js';
 import { UniqueViolation, type KeyPatch, type Store } from '../store/store.js';
+import { KEYGEN_CONCURRENCY, KEYGEN_MAX_PENDING_PER_ORGANISATION, TokenWorkQueues, type RunOptions } from '../token/fair-work-queue.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { KeyCache } from './key-cache.js';
-import { KEY_TYPES, type KeyType } from './key-types.js';
+import { isAsymmetric, KEY_TYPES, type KeyType } from './key-types.js';
 import { slugify, type KeyRecord, type KeyStatus } from './model.js';
 
 export interface Scope {
@@ -50,12 +51,29 @@ export function newIdentity(): string {
   return `kms-${randomBytes(10).toString('hex')}`;
 }
 
+function matchesLabels(labels: Record<string, string>, wanted: Map<string, string>): boolean {
+  for (const [l, v] of wanted) if (!Object.hasOwn(labels, l) || labels[l] !== v) return false;
+  return true;
+}
+
 export interface ListFilter {
   identity?: string;
   name?: string;
   slug?: string;
   status?: string;
-  labels?: Record<string, string>;
+  /** Every entry must be an own label of the key with exactly this value. */
+  labels?: Map<string, string>;
+}
+
+/**
+ * `identity`: an identity chosen by the caller (the AWS API records a key's AWS attributes under
+ * it before the key exists); default a fresh one.
+ */
+export interface CreateKeyOptions {
+  source?: MaterialSource;
+  imported?: boolean;
+  isDefault?: boolean;
+  identity?: string;
 }
 
 /** Key lifecycle: create, look up within a scope, disable/enable, schedule and cancel deletion, destroy. */
@@ -69,7 +87,20 @@ export class KeyService {
     private readonly audit: AuditLog,
     private readonly log: Logger,
     readonly installation: string,
+    /** Key-pair generation, per region, shared fairly between organisations (see FairWorkQueue). */
+    readonly keygen: TokenWorkQueues = new TokenWorkQueues({ concurrency: KEYGEN_CONCURRENCY, maxPendingPerOrganisation: KEYGEN_MAX_PENDING_PER_ORGANISATION }),
   ) {}
+
+  /**
+   * Runs expensive token work (a key-pair generation) of `organisation` in `region` in its fair turn.
+   * @throws KmsError TooManyRequests when the organisation is over its share (unless `bounded: false`).
+   */
+  pairWork<T>(organisation: string, region: string, work: () => Promise<T>, opts?: RunOptions): Promise<T> {
+    return this.keygen.of(region).run(organisation, work, opts);
+  }
+
+  /** Scopes + slugs with a create in flight in this process (see create). */
+  private readonly creating = new Set<string>();
 
   /** A fresh CKA_ID for a new version object of this key (see objectIdFor). */
   newObjectId(identity: string): string {
@@ -100,7 +131,7 @@ export class KeyService {
       if (f.name && k.name !== f.name) continue;
       if (f.slug && k.slug !== f.slug) continue;
       if (f.status && k.status !== f.status) continue;
-      if (f.labels && Object.entries(f.labels).some(([l, v]) => k.labels[l] !== v)) continue;
+      if (f.labels && !matchesLabels(k.labels, f.labels)) continue;
       out.push(k);
     }
     return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.identity.localeCompare(b.identity));
@@ -117,7 +148,7 @@ export class KeyService {
     return counts;
   }
 
-  async create(scope: Scope, input: CreateKeyInput, opts: { source?: MaterialSource; imported?: boolean; isDefault?: boolean } = {}) {
+  async create(scope: Scope, input: CreateKeyInput, opts: CreateKeyOptions = {}) {
     const token = this.regions.require(scope.region);
     const info = KEY_TYPES[input.keyType];
     if (info.family === 'chacha20' && !token.hasChaCha20)
@@ -129,12 +160,29 @@ export class KeyService {
       throw new KmsError('Conflict', `a key with slug ${slug} already exists in this scope`);
     if (input.keyRotationEnabled && !input.rotationPeriodInDays)
       throw validation('rotationPeriodInDays: required when keyRotationEnabled is true');
+    // Concurrent creates of one slug in this process: the first one does the (possibly queued,
+    // expensive) token work, the others are 409 at once instead of generating objects that the
+    // unique index would refuse anyway (across processes the index alone decides).
+    const reservation = `${scope.organisation}\n${scope.region}\n${scope.project}\n${slug}`;
+    if (this.creating.has(reservation)) throw new KmsError('Conflict', `a key with slug ${slug} already exists in this scope (being created)`);
+    this.creating.add(reservation);
+    try {
+      return await this.createReserved(scope, input, opts, slug);
+    } finally {
+      this.creating.delete(reservation);
+    }
+  }
 
-    const identity = newIdentity();
+  private async createReserved(scope: Scope, input: CreateKeyInput, opts: CreateKeyOptions, slug: string) {
+    const token = this.regions.require(scope.region);
+    const info = KEY_TYPES[input.keyType];
+    const identity = opts.identity ?? newIdentity();
     const ckaId = this.newObjectId(identity);
     const extractable = Boolean(input.exportAllowed);
+    const generate = () => token.generate(info.token, { ckaId: Buffer.from(ckaId), label: `${slug}/v1`, extractable });
     if (opts.source) await opts.source(Buffer.from(ckaId));
-    else await token.generate(info.token, { ckaId: Buffer.from(ckaId), label: `${slug}/v1`, extractable });
+    else if (isAsymmetric(input.keyType)) await this.pairWork(scope.organisation, scope.region, generate);
+    else await generate();
 
     const now = this.clock.nowIso();
     const rotationEnabled = Boolean(input.keyRotationEnabled);

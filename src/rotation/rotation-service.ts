@@ -3,7 +3,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import { addDays, type Clock } from '../clock.js';
 import { KmsError, keyState, validation } from '../errors.js';
 import type { KeyService } from '../keys/key-service.js';
-import { KEY_TYPES } from '../keys/key-types.js';
+import { isAsymmetric, KEY_TYPES } from '../keys/key-types.js';
 import type { KeyRecord, KeyVersion } from '../keys/model.js';
 import type { ChangeFeed } from '../store/change-feed.js';
 import type { Repositories, Store } from '../store/store.js';
@@ -177,11 +177,15 @@ export class RotationService {
       keys.map(async (k) => {
         const token = this.regions.require(k.region);
         const ckaId = this.keys.newObjectId(k.identity);
-        await token.generate(KEY_TYPES[k.keyType].token, {
-          ckaId: Buffer.from(ckaId),
-          label: `${k.slug}/v${k.latestVersion + 1}`,
-          extractable: k.exportAllowed,
-        });
+        const generate = () =>
+          token.generate(KEY_TYPES[k.keyType].token, {
+            ckaId: Buffer.from(ckaId),
+            label: `${k.slug}/v${k.latestVersion + 1}`,
+            extractable: k.exportAllowed,
+          });
+        // Key pairs take the organisation's fair turn on the token; the daemon's scheduled rotations wait but are never refused.
+        if (isAsymmetric(k.keyType)) await this.keys.pairWork(k.organisation, k.region, generate, { bounded: trigger === 'manual' });
+        else await generate();
         return { key: k, ckaId, token };
       }),
     );

@@ -20,12 +20,13 @@ const AUDIT_PAGE = 2000;
  */
 export async function copyStore(from: Store, to: Store): Promise<CopyCounts> {
   if (!(await to.isEmpty())) throw new Error('the target store is not empty; migrate-store only fills an empty store');
-  const [keys, principals, importTokens, wrappingKeys, settings] = await Promise.all([
+  const [keys, principals, importTokens, wrappingKeys, settings, aws] = await Promise.all([
     from.keys.loadAll(),
     from.principals.list(),
     from.importTokens.all(),
     from.wrappingKeys.all(),
     from.settings.all(),
+    from.aws.all(),
   ]);
   await to.transaction(async (tx) => {
     for (const k of keys) await tx.keys.insert(k);
@@ -33,6 +34,9 @@ export async function copyStore(from: Store, to: Store): Promise<CopyCounts> {
     for (const t of importTokens) await tx.importTokens.insert(t);
     for (const w of wrappingKeys) await tx.wrappingKeys.put(w);
     for (const [name, value] of Object.entries(settings)) await tx.settings.put(name, value);
+    for (const k of aws.keys) await tx.aws.insertKey(k);
+    for (const a of aws.aliases) await tx.aws.insertAlias(a);
+    for (const t of aws.tags) await tx.aws.putTags(t.keyIdentity, [t]);
   });
   let auditRecords = 0;
   for (let seq = 1; ; ) {

@@ -71,6 +71,13 @@ export interface ImportTokensRepository {
   byCkaId(ckaId: string): Promise<ImportTokenRecord | undefined>;
   /** Single use: marks the token used if it was not (atomic); false when it already was. */
   consume(tokenSha256: string, nowIso: string): Promise<boolean>;
+  /**
+   * An organisation's open (unexpired, unused) import tokens in every region, and the first
+   * expiry among them. Inside a transaction it also serialises concurrent issuers of the
+   * organisation (PostgreSQL: an advisory lock; SQLite's write transaction is exclusive), so a
+   * count-then-insert cannot go past a limit.
+   */
+  openCount(organisation: string, nowIso: string): Promise<{ open: number; firstExpiry: string | null }>;
   /** Marks used (keeping an earlier use time). */
   markUsed(tokenSha256: string, nowIso: string): Promise<void>;
   expiredUnused(nowIso: string): Promise<ImportTokenRecord[]>;
@@ -168,6 +175,8 @@ export interface AuditQuery {
   action?: string;
   since?: string;
   limit: number;
+  /** Also list this action's successful records that carry no organisation (they concern every one). */
+  everyOrganisationAction?: string;
 }
 
 export interface AuditRepository {
@@ -186,6 +195,62 @@ export interface AuditRepository {
   count(): Promise<number>;
 }
 
+/** Where an AWS resource lives: kmsd's organisation, region and project ('' = organisation-scoped). */
+export interface AwsScope {
+  organisation: string;
+  region: string;
+  project: string;
+}
+
+export type AwsKeyState = 'Created' | 'PendingImport' | 'PendingDeletion';
+
+/** The AWS attributes of one key (table aws_keys). */
+export interface AwsKeyRow extends AwsScope {
+  identity: string;
+  keySpec: string;
+  keyUsage: string;
+  origin: 'AWS_KMS' | 'EXTERNAL';
+  description: string;
+  state: AwsKeyState;
+  deletionAt: string | null;
+  createdAt: string;
+}
+
+export interface AwsAliasRow extends AwsScope {
+  aliasName: string;
+  keyIdentity: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface AwsTag {
+  key: string;
+  value: string;
+}
+
+/** The AWS API's tables (aws_keys, aws_aliases, aws_tags), one statement per method. */
+export interface AwsStatements {
+  insertKey(row: AwsKeyRow): Promise<void>;
+  key(identity: string): Promise<AwsKeyRow | undefined>;
+  keysWithoutMaterial(scope: AwsScope): Promise<AwsKeyRow[]>;
+  /** Compare-and-set of a key's state; false when it was not in `from` any more. */
+  setKeyState(identity: string, from: AwsKeyState, to: AwsKeyState, deletionAt: string | null): Promise<boolean>;
+  /** A key's attributes, aliases and tags (three statements: run it in a transaction). */
+  deleteKey(identity: string): Promise<void>;
+  alias(scope: AwsScope, aliasName: string): Promise<AwsAliasRow | undefined>;
+  aliases(scope: AwsScope, keyIdentity?: string): Promise<AwsAliasRow[]>;
+  createAlias(scope: AwsScope, aliasName: string, keyIdentity: string, nowIso: string): Promise<boolean>;
+  updateAlias(scope: AwsScope, aliasName: string, keyIdentity: string, nowIso: string): Promise<boolean>;
+  deleteAlias(scope: AwsScope, aliasName: string): Promise<boolean>;
+  tags(keyIdentity: string): Promise<AwsTag[]>;
+  /** Upserts tags; returns how many the key then holds (run it in a transaction to enforce a limit). */
+  putTags(keyIdentity: string, tags: AwsTag[]): Promise<number>;
+  removeTags(keyIdentity: string, tagKeys: string[]): Promise<void>;
+  /** Every row (migrate-store). */
+  all(): Promise<{ keys: AwsKeyRow[]; aliases: AwsAliasRow[]; tags: (AwsTag & { keyIdentity: string })[] }>;
+  insertAlias(a: AwsAliasRow): Promise<void>;
+}
+
 /** The repositories a transaction body may use: each call runs inside that transaction. */
 export interface Repositories {
   keys: KeysRepository;
@@ -195,6 +260,7 @@ export interface Repositories {
   settings: SettingsRepository;
   changes: ChangesRepository;
   leases: LeasesRepository;
+  aws: AwsStatements;
 }
 
 /**

@@ -51,6 +51,7 @@ const FROM_KMS: Partial<Record<KmsError['code'], XksErrorName>> = {
   RegionUnavailable: 'DependencyTimeoutException',
   // The spec's retryable "a dependency did not answer in time" (HTTP 503).
   StoreUnavailable: 'DependencyTimeoutException',
+  TooManyRequests: 'ThrottlingException',
   KmsNotEnabled: 'InvalidStateException',
 };
 

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Services } from '../api/services.js';
+import { jsonText } from '../api/wire.js';
 import type { AuditOutcome } from '../audit/audit-log.js';
-import { KmsError } from '../errors.js';
 import { errorBody, toXksError, XksError } from './errors.js';
 import type { Keystore } from './keystores.js';
 import { XksOperations, type AuditNote } from './operations.js';
@@ -42,7 +42,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string, extra: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
+  const text = jsonText(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'x-request-id': requestId, ...extra });
   res.end(text);
 }
@@ -135,10 +135,9 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
           });
       } catch (auditErr) {
         s.log.error('xks audit record failed', { requestId, error: String(auditErr) });
-        // The store is failing over: retryable (503), like any unavailable dependency.
-        const failed = auditErr instanceof KmsError && auditErr.code === 'StoreUnavailable' ? toXksError(auditErr) : new XksError('InternalException', 'audit trail unavailable');
-        outcome = failed.errorName;
-        send(res, failed.status, errorBody(failed), requestId);
+        // Fail-closed like the main API (503 StoreUnavailable there): retryable, not a bug.
+        outcome = 'DependencyTimeoutException';
+        send(res, 503, errorBody(new XksError('DependencyTimeoutException', 'audit trail unavailable; retry')), requestId);
         return;
       }
       const extra: Record<string, string> = {};

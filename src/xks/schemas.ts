@@ -67,9 +67,12 @@ export function validateBody<O extends XksOperation>(op: O, value: Record<string
   throw xksValidation(`${path || 'body'}: ${missing ? 'is required' : issue.message}`);
 }
 
-const AUDITED_FIELDS = ['kmsRequestId', 'awsPrincipalArn', 'kmsOperation', 'kmsKeyArn'] as const;
-/** ARNs are at most 2048 characters (spec); longer values are cut so one request cannot bloat the audit trail. */
-const MAX_AUDITED_CHARS = 2048;
+/**
+ * The requestMetadata fields the audit record carries, each cut to its own bound (a CloudTrail
+ * request id is a UUID, an operation name a word; ARNs may be 2048 characters by the spec but
+ * the record as a whole must stay under 2 KB), as printable ASCII.
+ */
+const AUDITED_FIELDS = { kmsRequestId: 128, awsPrincipalArn: 512, kmsOperation: 64, kmsKeyArn: 512 } as const;
 
 /**
  * The requestMetadata fields the audit record carries, taken leniently (before validation)
@@ -79,9 +82,9 @@ export function auditedMetadata(body: Record<string, unknown> | undefined): Reco
   const m = body?.requestMetadata;
   if (!m || typeof m !== 'object' || Array.isArray(m)) return undefined;
   const out: Record<string, string> = {};
-  for (const f of AUDITED_FIELDS) {
+  for (const [f, max] of Object.entries(AUDITED_FIELDS)) {
     const v = (m as Record<string, unknown>)[f];
-    if (typeof v === 'string') out[f] = v.slice(0, MAX_AUDITED_CHARS);
+    if (typeof v === 'string') out[f] = v.slice(0, max).replace(/[^\x20-\x7e]/g, '?');
   }
   return Object.keys(out).length ? out : undefined;
 }

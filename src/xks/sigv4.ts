@@ -5,6 +5,22 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import type { HttpRequest, QueryParameterBag } from '@smithy/types';
 import { xksAuthFailed } from './errors.js';
 
+/**
+ * Why a request failed authentication: an access key id no credential has (`unknownAccessKey`),
+ * or anything else (`invalid`: malformed header, wrong scope, stale date, bad signature). XKS
+ * answers both the same; the AWS KMS API tells them apart.
+ */
+export type SigV4Failure = 'unknownAccessKey' | 'invalid';
+
+export interface SigV4Options {
+  /** The service in the credential scope (default the XKS proxy's). */
+  service?: string;
+  /** The error to throw (default XKS's AuthenticationFailedException). */
+  fail?: (kind: SigV4Failure, message: string) => Error;
+  /** Wall clock, not the daemon's testing clock: signers stamp real time. */
+  nowMs?: () => number;
+}
+
 /** The service name every XKS request is signed for (spec, Appendix A). */
 export const XKS_SERVICE = 'kms-xks-proxy';
 /** Requests more than 5 minutes in the past or future fail authentication (spec, Task 4). */
@@ -38,9 +54,9 @@ interface ParsedAuthorization {
   signature: string;
 }
 
-function parseAuthorization(header: string | undefined): ParsedAuthorization {
+function parseAuthorization(header: string | undefined, fail: (m: string) => Error): ParsedAuthorization {
   const m = header ? AUTH.exec(header.trim()) : null;
-  if (!m) throw xksAuthFailed('missing or malformed Authorization header (expected AWS4-HMAC-SHA256)');
+  if (!m) throw fail('missing or malformed Authorization header (expected AWS4-HMAC-SHA256)');
   const fields = new Map<string, string>();
   for (const part of m[1]!.split(/,\s*/)) {
     const eq = part.indexOf('=');
@@ -50,20 +66,21 @@ function parseAuthorization(header: string | undefined): ParsedAuthorization {
   const signedHeaders = (fields.get('SignedHeaders') ?? '').split(';').filter(Boolean);
   const signature = fields.get('Signature') ?? '';
   if (scope.length !== 5 || scope[4] !== 'aws4_request' || !signedHeaders.length || !SIGNATURE.test(signature))
-    throw xksAuthFailed('malformed Authorization header: Credential, SignedHeaders and Signature are required');
+    throw fail('malformed Authorization header: Credential, SignedHeaders and Signature are required');
   const [accessKeyId, date, region, service] = scope as [string, string, string, string];
   return { accessKeyId, date, region, service, signedHeaders, signature };
 }
 
-function parseAmzDate(v: string | string[] | undefined): Date {
+function parseAmzDate(v: string | string[] | undefined, fail: (m: string) => Error): Date {
   const m = typeof v === 'string' ? AMZ_DATE.exec(v) : null;
-  if (!m) throw xksAuthFailed('missing or malformed X-Amz-Date header (expected YYYYMMDDTHHMMSSZ)');
+  if (!m) throw fail('missing or malformed X-Amz-Date header (expected YYYYMMDDTHHMMSSZ)');
   const [, y, mo, d, h, mi, s] = m.map(Number) as number[];
   return new Date(Date.UTC(y!, mo! - 1, d!, h!, mi!, s!));
 }
 
 function parseQuery(raw: string): QueryParameterBag {
-  const bag: QueryParameterBag = {};
+  // Prototype-less: a signed parameter named __proto__ or constructor is kept like any other.
+  const bag = Object.create(null) as QueryParameterBag;
   for (const [k, v] of new URLSearchParams(raw)) {
     const prev = bag[k];
     bag[k] = prev === undefined || prev === null ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
@@ -79,18 +96,23 @@ function parseQuery(raw: string): QueryParameterBag {
  */
 export class SigV4Verifier {
   private readonly signers = new Map<string, SignatureV4>();
+  private readonly service: string;
+  private readonly nowMs: () => number;
+  private readonly failWith: (kind: SigV4Failure, message: string) => Error;
 
   constructor(
     credentials: XksCredential[],
     readonly region: string,
-    /** Wall clock, not the daemon's testing clock: signers stamp real time. */
-    private readonly nowMs: () => number = Date.now,
+    options: SigV4Options = {},
   ) {
+    this.service = options.service ?? XKS_SERVICE;
+    this.nowMs = options.nowMs ?? Date.now;
+    this.failWith = options.fail ?? ((_kind, m) => xksAuthFailed(m));
     for (const c of credentials)
       this.signers.set(
         c.accessKeyId,
         new SignatureV4({
-          service: XKS_SERVICE,
+          service: this.service,
           region,
           credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey },
           sha256: Hash.bind(null, 'sha256'),
@@ -102,29 +124,30 @@ export class SigV4Verifier {
 
   /** Resolves to the access key id that signed the request; throws AuthenticationFailedException. */
   async verify(req: ReceivedRequest): Promise<string> {
-    const auth = parseAuthorization(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined);
+    const fail = (m: string) => this.failWith('invalid', m);
+    const auth = parseAuthorization(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined, fail);
     const signer = this.signers.get(auth.accessKeyId);
-    if (!signer) throw xksAuthFailed('unknown access key id');
-    if (auth.service !== XKS_SERVICE) throw xksAuthFailed(`credential scope names service ${auth.service}, expected ${XKS_SERVICE}`);
-    if (auth.region !== this.region) throw xksAuthFailed(`credential scope names region ${auth.region}, expected ${this.region}`);
+    if (!signer) throw this.failWith('unknownAccessKey', 'unknown access key id');
+    if (auth.service !== this.service) throw fail(`credential scope names service ${auth.service}, expected ${this.service}`);
+    if (auth.region !== this.region) throw fail(`credential scope names region ${auth.region}, expected ${this.region}`);
     const signed = new Set(auth.signedHeaders);
-    if (!signed.has('host') || !signed.has('x-amz-date')) throw xksAuthFailed('SignedHeaders must include host and x-amz-date');
+    if (!signed.has('host') || !signed.has('x-amz-date')) throw fail('SignedHeaders must include host and x-amz-date');
 
-    const date = parseAmzDate(req.headers['x-amz-date']);
-    if (Math.abs(this.nowMs() - date.getTime()) > MAX_CLOCK_SKEW_MS) throw xksAuthFailed('X-Amz-Date is more than 5 minutes off');
-    if (auth.date !== String(req.headers['x-amz-date']).slice(0, 8)) throw xksAuthFailed('credential scope date does not match X-Amz-Date');
+    const date = parseAmzDate(req.headers['x-amz-date'], fail);
+    if (Math.abs(this.nowMs() - date.getTime()) > MAX_CLOCK_SKEW_MS) throw fail('X-Amz-Date is more than 5 minutes off');
+    if (auth.date !== String(req.headers['x-amz-date']).slice(0, 8)) throw fail('credential scope date does not match X-Amz-Date');
 
-    const headers: Record<string, string> = {};
+    const headers = Object.create(null) as Record<string, string>;
     for (const name of signed) {
       const v = req.headers[name];
-      if (v === undefined) throw xksAuthFailed(`signed header ${name} is missing`);
+      if (v === undefined) throw fail(`signed header ${name} is missing`);
       headers[name] = Array.isArray(v) ? v.join(',') : v;
     }
     // A signed x-amz-content-sha256 replaces the payload hash in the canonical request, so
     // it must be the body's real hash, or a replayed signature could carry another body.
     const claimed = headers['x-amz-content-sha256'];
     if (claimed !== undefined && claimed !== createHash('sha256').update(req.body).digest('hex'))
-      throw xksAuthFailed('x-amz-content-sha256 does not match the body');
+      throw fail('x-amz-content-sha256 does not match the body');
 
     const request: HttpRequest = {
       method: req.method,
@@ -139,7 +162,7 @@ export class SigV4Verifier {
     const expected = /Signature=([0-9a-f]{64})$/.exec(String(out.headers.authorization ?? ''))?.[1];
     const a = Buffer.from(expected ?? '', 'hex');
     const b = Buffer.from(auth.signature, 'hex');
-    if (a.length !== 32 || b.length !== 32 || !timingSafeEqual(a, b)) throw xksAuthFailed('signature does not match');
+    if (a.length !== 32 || b.length !== 32 || !timingSafeEqual(a, b)) throw fail('signature does not match');
     return auth.accessKeyId;
   }
 }

@@ -24,7 +24,8 @@ export const mochaHooks = {
   },
   async afterAll(this: Mocha.Context) {
     this.timeout(60_000);
-    await shared?.stop();
+    // The shared server and any a suite started and left: none outlives the run or leaves its folder behind.
+    await MongoServer.destroyAll();
     if (sharedPg) await (await sharedPg.catch(() => undefined))?.destroy();
   },
 };

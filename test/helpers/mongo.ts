@@ -34,6 +34,8 @@ export async function waitForPort(port: number, timeoutMs = 20_000): Promise<voi
  * binary scripts/lib.sh built into .cache/. Each instance has its own port and data dir.
  */
 export class MongoServer {
+  /** Every server this test process started and has not destroyed (the root hook destroys them at the end of the run). */
+  private static readonly started = new Set<MongoServer>();
   private proc?: ChildProcess;
   readonly dir: string;
 
@@ -47,8 +49,14 @@ export class MongoServer {
   static async start(name = 'shared'): Promise<MongoServer> {
     const m = new MongoServer(await freePort(), name);
     rmSync(m.dir, { recursive: true, force: true });
+    MongoServer.started.add(m);
     await m.resume();
     return m;
+  }
+
+  /** Stops every server still running and removes their folders under tmp/test (end of a run). */
+  static async destroyAll(): Promise<void> {
+    await Promise.all([...MongoServer.started].map((m) => m.destroy()));
   }
 
   get uri(): string {
@@ -65,6 +73,13 @@ export class MongoServer {
           stdio: 'ignore',
         });
     await waitForPort(this.port);
+  }
+
+  /** Stops the server for good and removes its data folder (stop() keeps it for resume()). */
+  async destroy(): Promise<void> {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+    MongoServer.started.delete(this);
   }
 
   async stop(): Promise<void> {

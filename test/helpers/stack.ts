@@ -145,6 +145,8 @@ export class Daemon {
     readonly port: number,
     /** The XKS proxy listener's port when the config has an `xks` block. */
     readonly xksPort?: number,
+    /** The AWS KMS API listener's port when the config has an `aws` block. */
+    readonly awsPort?: number,
   ) {}
 
   static async start(stack: TestStack, configFile: string): Promise<Daemon> {
@@ -152,12 +154,12 @@ export class Daemon {
     let logs = '';
     proc.stdout!.on('data', (d) => (logs += d));
     proc.stderr!.on('data', (d) => (logs += d));
-    const { port, xksPort } = await new Promise<{ port: number; xksPort?: number }>((resolve, reject) => {
+    const { port, xksPort, awsPort } = await new Promise<{ port: number; xksPort?: number; awsPort?: number }>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`kmsd did not start in 60 s:\n${logs}`)), 60_000);
-      proc.on('message', (m: { kmsd?: string; port?: number; xksPort?: number }) => {
+      proc.on('message', (m: { kmsd?: string; port?: number; xksPort?: number; awsPort?: number }) => {
         if (m?.kmsd === 'ready') {
           clearTimeout(timer);
-          resolve({ port: m.port!, xksPort: m.xksPort });
+          resolve({ port: m.port!, xksPort: m.xksPort, awsPort: m.awsPort });
         }
       });
       proc.once('exit', (code) => {
@@ -165,7 +167,7 @@ export class Daemon {
         reject(new Error(`kmsd exited with ${code}:\n${logs}`));
       });
     });
-    const d = new Daemon(stack, proc, port, xksPort);
+    const d = new Daemon(stack, proc, port, xksPort, awsPort);
     proc.stdout!.on('data', (x) => (d.logs += x));
     proc.stderr!.on('data', (x) => (d.logs += x));
     d.logs = logs;

@@ -281,7 +281,7 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
       expect(r.body.batch[1]).to.deep.equal({ plaintext: b64('b'), keyVersion: '2' });
     });
 
-    it('batch limits and shapes: over limits.maxBatchItems → 400; empty batch → empty result; malformed item → 400 naming it', async () => {
+    it('batch limits and shapes: over limits.maxBatchItems → 400; empty batch → empty result; malformed item → {error} naming it', async () => {
       const id = k['aes256-gcm96'].identity;
       const tooMany = Array.from({ length: 51 }, () => ({ plaintext: b64('x') }));
       expectError(await d.post(`/keys/${id}/encrypt`, { batch: tooMany }), 400, 'ValidationError', 'batch');
@@ -289,9 +289,16 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
       const empty = await d.post(`/keys/${id}/encrypt`, { batch: [] });
       expect(empty.status).to.equal(200);
       expect(empty.body.batch).to.deep.equal([]);
-      expectError(await d.post(`/keys/${id}/encrypt`, { batch: [{ plaintext: b64('x') }, { plaintext: '%%%' }] }), 400, 'ValidationError', 'batch[1].plaintext');
-      expectError(await d.post(`/keys/${id}/decrypt`, { batch: [{ ciphertext: 5 }] }), 400, 'ValidationError', 'batch[0].ciphertext');
-      expectError(await d.post(`/keys/${id}/encrypt`, { batch: [{ plaintext: b64('x'), extra: 1 }] }), 400, 'ValidationError', 'extra');
+      // A malformed item is an {error} in its slot naming the field; the others are served.
+      const bad = await d.post(`/keys/${id}/encrypt`, { batch: [{ plaintext: b64('x') }, { plaintext: '%%%' }, { plaintext: b64('x'), extra: 1 }] });
+      expect(bad.status).to.equal(200);
+      expect(bad.body.batch[0].ciphertext).to.be.a('string');
+      expect(bad.body.batch[1].error).to.deep.include({ code: 'ValidationError' });
+      expect(bad.body.batch[1].error.message).to.include('batch[1].plaintext');
+      expect(bad.body.batch[2].error.message).to.include('batch[2].extra');
+      const badDec = await d.post(`/keys/${id}/decrypt`, { batch: [{ ciphertext: 5 }, { ciphertext: bad.body.batch[0].ciphertext }] });
+      expect(badDec.body.batch[0].error.message).to.include('batch[0].ciphertext');
+      expect(badDec.body.batch[1].plaintext).to.equal(b64('x'));
       expectError(await d.post(`/keys/${id}/encrypt`, { batch: { plaintext: b64('x') } }), 400, 'ValidationError', 'batch');
     });
   });
@@ -450,7 +457,7 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
         expect(e.status, JSON.stringify(e.body)).to.equal(200);
         expect(versioned(e.body.ciphertext).data.length).to.equal(28);
         expect((await d.post(`/keys/${k['aes256-gcm96'].identity}/decrypt`, { ciphertext: e.body.ciphertext })).body.plaintext).to.equal('');
-        expectError(await d.post(`/keys/${k['rsa-2048'].identity}/decrypt-asymmetric`, { ciphertext: '' }), 422, 'DecryptionFailed');
+        expectError(await d.post(`/keys/${k['rsa-2048'].identity}/decrypt-asymmetric`, { ciphertext: '', keyVersion: '1' }), 422, 'DecryptionFailed');
       }
       // and everything else still works on the same sessions
       for (let i = 0; i < 10; i++) {
@@ -603,7 +610,7 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
         const pem = (await d.get(`/keys/${id}/public-key`)).body.keys['1'];
         const secret = randomBytes(32);
         const ct = publicEncrypt({ key: pem, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, secret);
-        for (const body of [{ ciphertext: b64(ct) }, { ciphertext: b64(ct), hashFunction: 'SHA1' }, { ciphertext: b64(ct), keyVersion: '1' }]) {
+        for (const body of [{ ciphertext: b64(ct), keyVersion: '1' }, { ciphertext: b64(ct), hashFunction: 'SHA1', keyVersion: 1 }]) {
           const r = await d.post(`/keys/${id}/decrypt-asymmetric`, body);
           expect(r.status, `${type} ${JSON.stringify(r.body)}`).to.equal(200);
           expect(r.body.plaintext).to.equal(b64(secret));
@@ -616,8 +623,8 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
       const pem = (await d.get(`/keys/${id}/public-key`)).body.keys['1'];
       const ct = publicEncrypt({ key: pem, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, Buffer.from('x'));
       for (const hashFunction of ['SHA256', 'SHA384', 'SHA512'])
-        expectError(await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct), hashFunction }), 400, 'UnsupportedOperation', 'SHA1');
-      expectError(await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct), hashFunction: 'MD5' }), 400, 'ValidationError', 'hashFunction');
+        expectError(await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct), hashFunction, keyVersion: '1' }), 400, 'UnsupportedOperation', 'SHA1');
+      expectError(await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct), hashFunction: 'MD5', keyVersion: '1' }), 400, 'ValidationError', 'hashFunction');
     });
 
     it('a ciphertext that is not OAEP-SHA1 under this key → 422 DecryptionFailed, never 5xx', async () => {
@@ -633,13 +640,13 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
         ['random bytes', randomBytes(256)],
         ['all zero', Buffer.alloc(256)],
       ] as const)
-        expectError(await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct) }), 422, 'DecryptionFailed', undefined, what);
+        expectError(await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct), keyVersion: '1' }), 422, 'DecryptionFailed', undefined, what);
       for (const [what, ct] of [
         ['another key (longer modulus)', otherKey],
         ['too short', randomBytes(10)],
         ['empty', Buffer.alloc(0)],
       ] as const) {
-        const r = await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct) });
+        const r = await d.post(`/keys/${id}/decrypt-asymmetric`, { ciphertext: b64(ct), keyVersion: '1' });
         expect(r.status, `${what}: ${JSON.stringify(r.body)}`).to.be.oneOf([400, 422]);
       }
     });
@@ -650,7 +657,8 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
       await d.post(`/keys/${kk.identity}/rotate`);
       const ct = publicEncrypt({ key: pem1, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, Buffer.from('v1 secret'));
       expect((await d.post(`/keys/${kk.identity}/decrypt-asymmetric`, { ciphertext: b64(ct), keyVersion: '1' })).body.plaintext).to.equal(b64('v1 secret'));
-      expectError(await d.post(`/keys/${kk.identity}/decrypt-asymmetric`, { ciphertext: b64(ct) }), 422, 'DecryptionFailed');
+      expectError(await d.post(`/keys/${kk.identity}/decrypt-asymmetric`, { ciphertext: b64(ct), keyVersion: '2' }), 422, 'DecryptionFailed');
+      expectError(await d.post(`/keys/${kk.identity}/decrypt-asymmetric`, { ciphertext: b64(ct) }), 400, 'ValidationError', 'keyVersion');
       expectError(await d.post(`/keys/${kk.identity}/decrypt-asymmetric`, { ciphertext: b64(ct), keyVersion: '3' }), 400, 'InvalidCiphertext');
     });
   });
@@ -718,7 +726,7 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
       ['hmac', 'POST', () => ({ input: b64('x') }), ['aes256-gcm96', 'ed25519', 'rsa-2048']],
       ['verify-hmac', 'POST', (c) => ({ input: b64('x'), hmac: c.mac }), ['aes256-gcm96', 'ecdsa-p256']],
       ['public-key', 'GET', () => undefined, ['aes256-gcm96', 'hmac']],
-      ['decrypt-asymmetric', 'POST', () => ({ ciphertext: b64(randomBytes(256)) }), ['aes256-gcm96', 'hmac', 'ed25519', 'ecdsa-p256']],
+      ['decrypt-asymmetric', 'POST', () => ({ ciphertext: b64(randomBytes(256)), keyVersion: '1' }), ['aes256-gcm96', 'hmac', 'ed25519', 'ecdsa-p256']],
     ];
     for (const [op, method, body, types] of ops)
       it(`${op} on ${types.join(', ')}`, async () => {
@@ -757,7 +765,7 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
         ['ec', 'GET', 'public-key', undefined],
         ['hmac', 'POST', 'hmac', { input: b64('x') }],
         ['hmac', 'POST', 'verify-hmac', { input: b64('x'), hmac: mac }],
-        ['rsa', 'POST', 'decrypt-asymmetric', { ciphertext: b64(oaep) }],
+        ['rsa', 'POST', 'decrypt-asymmetric', { ciphertext: b64(oaep), keyVersion: '1' }],
       ];
       const run = async (state: string) => {
         for (const [fam, method, op, body] of calls) {
@@ -774,7 +782,7 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
       expect((await d.post(`/keys/${made.aes.identity}/decrypt`, { ciphertext: ct })).body.plaintext).to.equal(b64('x'));
       expect((await d.post(`/keys/${made.ec.identity}/verify`, { input: b64('x'), signature: sig })).body.valid).to.equal(true);
       expect((await d.post(`/keys/${made.hmac.identity}/verify-hmac`, { input: b64('x'), hmac: mac })).body.valid).to.equal(true);
-      expect((await d.post(`/keys/${made.rsa.identity}/decrypt-asymmetric`, { ciphertext: b64(oaep) })).body.plaintext).to.equal(b64('x'));
+      expect((await d.post(`/keys/${made.rsa.identity}/decrypt-asymmetric`, { ciphertext: b64(oaep), keyVersion: '1' })).body.plaintext).to.equal(b64('x'));
     });
   });
 
@@ -795,7 +803,7 @@ describe('crypto: cryptographic operations in the token, checked by node:crypto 
         expectError(await d.post(`/keys/${ec}/verify`, { input: bad, signature: 'kms:v1:AAAA' }), 400, 'ValidationError', 'input', w);
         expectError(await d.post(`/keys/${hm}/hmac`, { input: bad }), 400, 'ValidationError', 'input', w);
         expectError(await d.post(`/keys/${hm}/verify-hmac`, { input: bad, hmac: 'kms:v1:AAAA' }), 400, 'ValidationError', 'input', w);
-        expectError(await d.post(`/keys/${rsa}/decrypt-asymmetric`, { ciphertext: bad }), 400, 'ValidationError', 'ciphertext', w);
+        expectError(await d.post(`/keys/${rsa}/decrypt-asymmetric`, { ciphertext: bad, keyVersion: '1' }), 400, 'ValidationError', 'ciphertext', w);
       }
     });
 

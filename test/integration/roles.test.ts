@@ -60,7 +60,7 @@ const KEY_ROUTES: KeyRoute[] = [
   { name: 'hmac', method: 'POST', path: (k, id) => `/keys/${id ?? k.hmac}/hmac`, body: () => ({ input: b64('m') }), key: 'hmac' },
   { name: 'verify-hmac', method: 'POST', path: (k, id) => `/keys/${id ?? k.hmac}/verify-hmac`, body: (k) => ({ input: b64('m'), hmac: k.mac }), key: 'hmac' },
   { name: 'public-key', method: 'GET', path: (k, id) => `/keys/${id ?? k.ec}/public-key`, key: 'ec' },
-  { name: 'decrypt-asymmetric', method: 'POST', path: (k, id) => `/keys/${id ?? k.rsa}/decrypt-asymmetric`, body: (k) => ({ ciphertext: k.oaep }), key: 'rsa' },
+  { name: 'decrypt-asymmetric', method: 'POST', path: (k, id) => `/keys/${id ?? k.rsa}/decrypt-asymmetric`, body: (k) => ({ ciphertext: k.oaep, keyVersion: '1' }), key: 'rsa' },
   { name: 'export', method: 'POST', path: (k, id) => `/keys/${id ?? k.exportable}/export`, body: () => ({}), key: 'exportable' },
   {
     name: 'import-version',

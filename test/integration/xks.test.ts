@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { cdivSha256 } from '../../src/xks/wire.js';
+import { sql } from '../helpers/sqlite.js';
 import { ORG, TestStack, type Daemon } from '../helpers/stack.js';
 import {
   curlCall,
@@ -479,6 +480,23 @@ describe('XKS proxy: AWS KMS External Key Store over the real token', () => {
         expect(health.body.events.some((e: any) => e.xks?.kmsRequestId === 'h-1')).to.equal(true);
         expect(health.body.events.some((e: any) => e.outcome === 'denied' && e.detail.errorName === 'AuthenticationFailedException')).to.equal(true);
         expect((await d.call('GET', '/v1/kms/audit/verify')).body.valid).to.equal(true);
+      });
+
+      it('keeps an audit record under 2 KB whatever the request metadata carries (issue 21)', async () => {
+        const huge = 'a'.repeat(6000);
+        const kmsRequestId = `big-${randomBytes(4).toString('hex')}${'r'.repeat(500)}`;
+        const md = { kmsRequestId, kmsOperation: huge, awsPrincipalArn: huge, kmsKeyArn: huge };
+        expectError(await call(main('/keys/no-such-key/metadata'), { requestMetadata: md }), 404, 'KeyNotFoundException');
+        const r = await d.get('/audit?action=kms.xks.metadata&limit=10000');
+        const ev = r.body.events.find((e: any) => e.xks?.kmsRequestId?.startsWith(kmsRequestId.slice(0, 12)));
+        expect(ev, 'the rejected call is audited').to.not.equal(undefined);
+        const [row] = await sql<{ bytes: number }>(
+          stack,
+          "SELECT length(CAST(time || action || outcome || COALESCE(region,'') || COALESCE(key_identity,'') || COALESCE(key_version,'') || COALESCE(principal,'') || COALESCE(organisation,'') || COALESCE(request_id,'') || COALESCE(detail,'') AS BLOB)) AS bytes FROM audit_events WHERE request_id = ?",
+          [ev.requestId],
+        );
+        expect(row!.bytes).to.be.at.most(2048);
+        expect(ev.xks.kmsRequestId).to.equal(kmsRequestId.slice(0, 128));
       });
 
       it('counts requests per operation and outcome', async () => {

@@ -58,7 +58,7 @@ describe('unit: config file validation (loadConfig on temp files)', () => {
     const c = loadConfig(write(stringify({ mongodbUri: VALID.mongodbUri, regions: VALID.regions })));
     expect(c.listen).to.deep.equal({ host: '127.0.0.1', port: 8200 });
     expect(c.rotation).to.deep.equal({ evaluationIntervalSeconds: 3600, maxManualRotations: 10 });
-    expect(c.limits).to.deep.equal({ maxBodyBytes: 65536, maxBatchItems: 1000 });
+    expect(c.limits).to.deep.equal({ maxBodyBytes: 65536, maxBatchItems: 1000, maxOpenImportTokens: 50 });
     expect(c.export.allowPlaintext).to.equal(false);
     expect(c.testing.clockControl).to.equal(false);
   });
@@ -129,5 +129,15 @@ describe('unit: config file validation (loadConfig on temp files)', () => {
     expect(failure(path.join(dir, 'missing.yaml'))).to.match(/cannot read config file/);
     expect(failure(write(''))).to.include('mongodbUri');
     expect(failure(write('- just\n- a list\n'))).to.match(/invalid config/);
+  });
+
+  it('an unquoted all-digit tokenSha256 (YAML reads a number) says to quote it', () => {
+    const text = stringify(VALID).replace(`tokenSha256: ${'a'.repeat(64)}`, `tokenSha256: ${'0'.repeat(64)}`);
+    expect(text).to.include(`tokenSha256: ${'0'.repeat(64)}`);
+    const msg = failure(write(text));
+    expect(msg).to.include('principals[0].tokenSha256');
+    expect(msg).to.match(/put it in quotes/);
+    // quoted, the same value is fine
+    loadConfig(write(text.replace(`tokenSha256: ${'0'.repeat(64)}`, `tokenSha256: "${'0'.repeat(64)}"`)));
   });
 });

@@ -63,6 +63,7 @@ export function byokRoutes(s: Services): Router {
     kmsRoute(s, 'kms.export', REGIONAL, async (req, ctx) => {
       const key = ctx.key(String(req.params.id), 'export');
       const body = parse(schemas.export, req.body);
+      if (body.keyVersion !== undefined) ctx.auditVersion = String(body.keyVersion);
       const out = await s.byok.export(key, body);
       ctx.auditVersion = out.keyVersion;
       ctx.auditDetail = { wrappingAlgorithm: out.wrappingAlgorithm };

@@ -1,8 +1,11 @@
 import { Router } from 'express';
-import { validation } from '../../errors.js';
+import type { z } from 'zod';
+import type { CryptoErrorItem } from '../../crypto/crypto-service.js';
+import { namedVersion } from '../../crypto/versioned.js';
+import { KmsError, validation } from '../../errors.js';
 import { expressRoute, operation, type Operation, type RouteBody } from '../handler.js';
 import type { RequestContext } from '../context.js';
-import { querySchemas, schemas } from '../schemas.js';
+import { itemSchemas, querySchemas, schemas } from '../schemas.js';
 import type { Services } from '../services.js';
 import { parse } from '../validate.js';
 
@@ -17,8 +20,49 @@ function checkBatch(s: Services, batch: unknown[] | undefined, single: unknown, 
     throw validation(`batch: at most ${s.config.limits.maxBatchItems} items (limits.maxBatchItems)`);
 }
 
-function versionOf(ctx: RequestContext, v: string) {
-  ctx.auditVersion = v;
+function versionOf(ctx: RequestContext, v: string | number | undefined) {
+  if (v !== undefined) ctx.auditVersion = String(v);
+}
+
+/** Most failed items a batch's audit record lists (the count is always complete). */
+const AUDITED_BATCH_FAILURES = 16;
+
+/**
+ * Validates each batch item on its own: a bad one becomes `{error}` in its slot (API.md, the
+ * crypto table's batch row) and the others are still served.
+ */
+function batchItems<S extends z.ZodType, T>(schema: S, items: unknown[], prepare: (item: z.output<S>) => T): (T | CryptoErrorItem)[] {
+  return items.map((raw, i) => {
+    try {
+      if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw validation(`batch[${i}]: expected a JSON object`);
+      return prepare(parse(schema, raw, 'body', `batch[${i}]`));
+    } catch (e) {
+      if (!(e instanceof KmsError)) throw e;
+      return { error: { code: e.code, message: e.message } };
+    }
+  });
+}
+
+/**
+ * The audit detail of a batch: its size and the items that failed, each with the version its
+ * input named (so a failed batch decrypt is traceable to a version like a single one).
+ */
+function batchDetail(results: object[], versionOfItem: (i: number) => string | undefined) {
+  const failed: { index: number; code: string; keyVersion: string | null }[] = [];
+  let failedCount = 0;
+  results.forEach((r, index) => {
+    if (!('error' in r)) return;
+    failedCount++;
+    if (failed.length < AUDITED_BATCH_FAILURES)
+      failed.push({ index, code: (r as CryptoErrorItem).error.code, keyVersion: versionOfItem(index) ?? null });
+  });
+  return failedCount ? { batch: results.length, failed, failedCount } : { batch: results.length };
+}
+
+/** The one version every item of a batch names, if they agree (the batch record's keyVersion). */
+function commonVersion(versions: (string | undefined)[]): string | undefined {
+  const first = versions[0];
+  return first !== undefined && versions.every((v) => v === first) ? first : undefined;
 }
 
 /** One cryptographic operation: /v1/kms/{region}/keys/{id}/{path}. */
@@ -50,10 +94,13 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
     checkBatch(s, body.batch, body.plaintext, 'plaintext');
     if (body.batch) {
       if (body.keyVersion !== undefined || body.aad !== undefined) throw validation('batch: put aad inside each item; keyVersion is not allowed with batch');
-      const items = body.batch.map((i) => ({ plaintext: b(i.plaintext), aad: b(i.aad) }));
-      ctx.auditDetail = { batch: items.length };
-      return { body: { batch: await s.crypto.encryptBatch(key, items) } };
+      const items = batchItems(itemSchemas.encrypt, body.batch, (i) => ({ plaintext: b(i.plaintext), aad: b(i.aad) }));
+      const results = await s.crypto.encryptBatch(key, items);
+      versionOf(ctx, commonVersion(results.map((r) => ('keyVersion' in r ? r.keyVersion : undefined))));
+      ctx.auditDetail = batchDetail(results, () => undefined);
+      return { body: { batch: results } };
     }
+    versionOf(ctx, body.keyVersion);
     const out = s.crypto.encrypt(key, b(body.plaintext), b(body.aad), body.keyVersion);
     versionOf(ctx, out.keyVersion);
     return { body: out };
@@ -65,9 +112,15 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
     checkBatch(s, body.batch, body.ciphertext, 'ciphertext');
     if (body.batch) {
       if (body.aad !== undefined) throw validation('batch: put aad inside each item');
-      ctx.auditDetail = { batch: body.batch.length };
-      return { body: { batch: await s.crypto.decryptBatch(key, body.batch.map((i) => ({ ciphertext: i.ciphertext, aad: b(i.aad) }))) } };
+      const items = batchItems(itemSchemas.decrypt, body.batch, (i) => ({ ciphertext: i.ciphertext, aad: b(i.aad) }));
+      const named = body.batch.map((i) => namedVersion((i as { ciphertext?: unknown } | null)?.ciphertext));
+      const results = await s.crypto.decryptBatch(key, items);
+      versionOf(ctx, commonVersion(named));
+      ctx.auditDetail = batchDetail(results, (i) => named[i]);
+      return { body: { batch: results } };
     }
+    // Named before the attempt, so a failed decrypt is audited with the version its input named.
+    versionOf(ctx, namedVersion(body.ciphertext));
     const out = s.crypto.decrypt(key, body.ciphertext!, b(body.aad));
     versionOf(ctx, out.keyVersion);
     return { body: { plaintext: out.plaintext.toString('base64'), keyVersion: out.keyVersion } };
@@ -79,6 +132,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
     const destination = body.destinationKey ? ctx.key(body.destinationKey, 'crypto') : key;
     ctx.auditKey = key.identity;
     ctx.auditDetail = { destinationKey: destination.identity };
+    versionOf(ctx, namedVersion(body.ciphertext));
     const out = s.crypto.reEncrypt(key, body.ciphertext, b(body.aad), destination);
     versionOf(ctx, out.sourceKeyVersion);
     return { body: out };
@@ -95,6 +149,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
   op('sign', 'sign', async (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
     const body = parse(schemas.sign, req.body);
+    versionOf(ctx, body.keyVersion);
     const out = await s.crypto.sign(key, { ...body, input: b(body.input) });
     versionOf(ctx, out.keyVersion);
     return { body: out };
@@ -103,12 +158,14 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
   op('verify', 'verify', async (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
     const body = parse(schemas.verify, req.body);
+    versionOf(ctx, namedVersion(body.signature));
     return { body: await s.crypto.verify(key, { ...body, input: b(body.input) }) };
   });
 
   op('hmac', 'hmac', (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
     const body = parse(schemas.hmac, req.body);
+    versionOf(ctx, body.keyVersion);
     const out = s.crypto.hmac(key, b(body.input), body.keyVersion, body.algorithm);
     versionOf(ctx, out.keyVersion);
     return { body: out };
@@ -117,6 +174,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
   op('verify-hmac', 'verify-hmac', (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
     const body = parse(schemas.verifyHmac, req.body);
+    versionOf(ctx, namedVersion(body.hmac));
     const out = s.crypto.verifyHmac(key, b(body.input), body.hmac, body.hashAlgorithm);
     versionOf(ctx, out.keyVersion);
     return { body: out };
@@ -136,6 +194,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
   op('decrypt-asymmetric', 'decrypt-asymmetric', async (req, ctx) => {
     const key = ctx.key(String(req.params.id), 'crypto');
     const body = parse(schemas.decryptAsymmetric, req.body);
+    versionOf(ctx, body.keyVersion);
     const out = await s.crypto.decryptAsymmetric(key, b(body.ciphertext), body.keyVersion, body.hashFunction);
     versionOf(ctx, out.keyVersion);
     return { body: { plaintext: out.plaintext } };

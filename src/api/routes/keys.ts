@@ -1,5 +1,5 @@
 import { Router } from 'express';
-import { KmsError } from '../../errors.js';
+import { KmsError, validation } from '../../errors.js';
 import { kmsRoute, type ApiRequest } from '../handler.js';
 import { querySchemas, schemas } from '../schemas.js';
 import type { Services } from '../services.js';
@@ -8,16 +8,26 @@ import { keyToWire } from '../wire.js';
 
 const REGIONAL = { regional: true } as const;
 
-/** matchLabels[k]=v arrives as an object (extended query parser) or as literal bracket keys. */
-function labelFilter(req: ApiRequest): Record<string, string> | undefined {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(req.query)) {
-    if (k === 'matchLabels' && v && typeof v === 'object' && !Array.isArray(v))
-      for (const [lk, lv] of Object.entries(v)) out[lk] = String(lv);
-    const m = /^matchLabels\[(.+)\]$/.exec(k);
-    if (m) out[m[1]!] = String(v);
+const MATCH_LABEL = /^matchLabels\[([^[\]]+)\]$/;
+
+/**
+ * The label filter, read from the raw query string (not the extended query parser, which drops
+ * keys such as `__proto__` and `constructor`): only `matchLabels[k]=v`, each k once; any other
+ * shape of a matchLabels parameter is 400 ValidationError, never silently ignored.
+ */
+function labelFilter(req: ApiRequest): Map<string, string> | undefined {
+  const url = req.originalUrl ?? '';
+  const q = url.indexOf('?');
+  if (q < 0) return undefined;
+  const out = new Map<string, string>();
+  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) {
+    if (!k.startsWith('matchLabels')) continue;
+    const m = MATCH_LABEL.exec(k);
+    if (!m) throw validation(`query: ${k.slice(0, 100)}: label filters are matchLabels[key]=value`);
+    if (out.has(m[1]!)) throw validation(`query: matchLabels[${m[1]!.slice(0, 100)}] given more than once`);
+    out.set(m[1]!, v);
   }
-  return Object.keys(out).length ? out : undefined;
+  return out.size ? out : undefined;
 }
 
 function plainQuery(req: ApiRequest): Record<string, unknown> {

@@ -171,6 +171,9 @@ export class PostgresStore implements Store {
   get leases() {
     return this.repos.leases;
   }
+  get aws() {
+    return this.repos.aws;
+  }
 
   /** Connects (waiting up to FAILOVER_WAIT_MS for a primary) and applies pending migrations. */
   static async open(opts: PostgresOptions): Promise<PostgresStore> {

@@ -45,10 +45,15 @@ export abstract class SqlAuditReads implements AuditRepository {
   }
 
   async query(f: AuditQuery): Promise<AuditRow[]> {
-    const where = ['organisation = ?'];
-    const params: unknown[] = [f.organisation];
+    // The organisation's records (in the region, if given), plus the successful records of an
+    // action that concerns every organisation (the testing clock: no organisation, no region).
+    const own = f.region ? 'organisation = ? AND region = ?' : 'organisation = ?';
+    const ownParams: unknown[] = f.region ? [f.organisation, f.region] : [f.organisation];
+    const where = f.everyOrganisationAction
+      ? [`((${own}) OR (organisation IS NULL AND action = ? AND outcome = 'success'))`]
+      : [own];
+    const params: unknown[] = f.everyOrganisationAction ? [...ownParams, f.everyOrganisationAction] : ownParams;
     const filters: [string, unknown][] = [
-      ['region = ?', f.region],
       ['key_identity = ?', f.keyIdentity],
       ['action = ?', f.action],
       ['time >= ?', f.since],

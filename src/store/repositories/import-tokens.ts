@@ -38,6 +38,15 @@ export class SqlImportTokensRepository implements ImportTokensRepository {
     return r && fromRow(r);
   }
 
+  async openCount(organisation: string, nowIso: string): Promise<{ open: number; firstExpiry: string | null }> {
+    if (this.q.dialect === 'postgres' && this.q.inTransaction) await this.q.get('SELECT pg_advisory_xact_lock(hashtext(?))', [`import-tokens:${organisation}`]);
+    const row = await this.q.get<{ open: number | string; first_expiry: string | null }>(
+      'SELECT COUNT(*) AS open, MIN(expires_at) AS first_expiry FROM import_tokens WHERE organisation = ? AND used_at IS NULL AND expires_at > ?',
+      [organisation, nowIso],
+    );
+    return { open: Number(row?.open ?? 0), firstExpiry: row?.first_expiry ?? null };
+  }
+
   async consume(tokenSha256: string, nowIso: string): Promise<boolean> {
     // One statement: a concurrent consumer blocks on the row and then finds used_at set.
     const r = await this.q.run('UPDATE import_tokens SET used_at = ? WHERE token_sha256 = ? AND used_at IS NULL', [nowIso, tokenSha256]);

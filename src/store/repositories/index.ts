@@ -1,4 +1,5 @@
 import type { Repositories } from '../store.js';
+import { SqlAwsStatements } from './aws.js';
 import { SqlChangesRepository } from './changes.js';
 import { SqlImportTokensRepository } from './import-tokens.js';
 import { SqlKeysRepository } from './keys.js';
@@ -18,5 +19,6 @@ export function sqlRepositories(q: SqlExecutor): Repositories {
     settings: new SqlSettingsRepository(q),
     changes: new SqlChangesRepository(q),
     leases: new SqlLeasesRepository(q),
+    aws: new SqlAwsStatements(q),
   };
 }

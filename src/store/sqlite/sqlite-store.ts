@@ -116,6 +116,9 @@ export class SqliteStore implements Store {
   get leases() {
     return this.repos.leases;
   }
+  get aws() {
+    return this.repos.aws;
+  }
 
   static async open(dataDir: string, observer: StoreObserver = {}): Promise<SqliteStore> {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });

@@ -1,0 +1,195 @@
+import { z } from 'zod';
+import { copyStringMap } from '../string-map.js';
+import { isBase64 } from '../crypto/versioned.js';
+import { AwsError, awsValidation } from './errors.js';
+
+/**
+ * Request members of every operation (AWS KMS API Reference, "Request Syntax"): names, types and
+ * bounds as AWS declares them. Objects are loose, as in AWS's own JSON protocol: a member a newer
+ * SDK adds is ignored, not refused. Blobs arrive as standard base64 and leave the schema as bytes.
+ */
+const blob = (min: number, max: number) =>
+  z
+    .string()
+    .refine(isBase64, 'must be standard base64')
+    .transform((s) => Buffer.from(s, 'base64'))
+    .refine((b) => b.length >= min && b.length <= max, `must be ${min} to ${max} bytes`);
+
+/** KeyId: identity, key ARN, alias name or alias ARN (1–2048 characters). */
+const keyId = z.string().min(1).max(2048);
+const limit = z.number().int().min(1).max(1000).optional();
+const marker = z.string().min(1).max(1024).regex(/^[\u0020-\u00FF]*$/).optional();
+const grantTokens = z.array(z.string().min(1).max(8192)).max(10).optional();
+/**
+ * EncryptionContext: kept exactly as sent, `__proto__` included — z.record rebuilds the object by
+ * assignment and would drop that key, binding a different context than the caller named.
+ */
+const encryptionContext = z
+  .custom<Record<string, string>>(
+    (v) =>
+      v !== null &&
+      typeof v === 'object' &&
+      !Array.isArray(v) &&
+      Object.entries(v).every(([k, x]) => k.length >= 1 && k.length <= 8192 && typeof x === 'string' && x.length <= 8192),
+    { message: 'must be an object of strings (keys 1–8192, values ≤ 8192 characters)' },
+  )
+  .transform((v) => copyStringMap(v))
+  .optional();
+const tag = z.looseObject({ TagKey: z.string().min(1).max(128), TagValue: z.string().max(256) });
+const aliasName = z.string().min(1).max(256);
+const dryRun = z.boolean().optional();
+const encryptionAlgorithm = z.string().optional();
+
+export const awsSchemas = {
+  CreateKey: z.looseObject({
+    Description: z.string().max(8192).optional(),
+    KeySpec: z.string().optional(),
+    CustomerMasterKeySpec: z.string().optional(),
+    KeyUsage: z.string().optional(),
+    Origin: z.string().optional(),
+    Tags: z.array(tag).max(50).optional(),
+    Policy: z.string().min(1).max(131072).optional(),
+    BypassPolicyLockoutSafetyCheck: z.boolean().optional(),
+    MultiRegion: z.boolean().optional(),
+    CustomKeyStoreId: z.string().optional(),
+    XksKeyId: z.string().optional(),
+  }),
+  DescribeKey: z.looseObject({ KeyId: keyId, GrantTokens: grantTokens }),
+  ListKeys: z.looseObject({ Limit: limit, Marker: marker }),
+  CreateAlias: z.looseObject({ AliasName: aliasName, TargetKeyId: keyId }),
+  UpdateAlias: z.looseObject({ AliasName: aliasName, TargetKeyId: keyId }),
+  DeleteAlias: z.looseObject({ AliasName: aliasName }),
+  ListAliases: z.looseObject({ KeyId: keyId.optional(), Limit: limit, Marker: marker }),
+  Encrypt: z.looseObject({
+    KeyId: keyId,
+    Plaintext: blob(1, 4096),
+    EncryptionContext: encryptionContext,
+    GrantTokens: grantTokens,
+    EncryptionAlgorithm: encryptionAlgorithm,
+    DryRun: dryRun,
+  }),
+  Decrypt: z.looseObject({
+    CiphertextBlob: blob(1, 6144),
+    KeyId: keyId.optional(),
+    EncryptionContext: encryptionContext,
+    GrantTokens: grantTokens,
+    EncryptionAlgorithm: encryptionAlgorithm,
+    Recipient: z.unknown().optional(),
+    DryRun: dryRun,
+  }),
+  ReEncrypt: z.looseObject({
+    CiphertextBlob: blob(1, 6144),
+    SourceKeyId: keyId.optional(),
+    SourceEncryptionContext: encryptionContext,
+    SourceEncryptionAlgorithm: encryptionAlgorithm,
+    DestinationKeyId: keyId,
+    DestinationEncryptionContext: encryptionContext,
+    DestinationEncryptionAlgorithm: encryptionAlgorithm,
+    GrantTokens: grantTokens,
+    DryRun: dryRun,
+  }),
+  GenerateDataKey: z.looseObject({
+    KeyId: keyId,
+    KeySpec: z.enum(['AES_256', 'AES_128']).optional(),
+    NumberOfBytes: z.number().int().min(1).max(1024).optional(),
+    EncryptionContext: encryptionContext,
+    GrantTokens: grantTokens,
+    Recipient: z.unknown().optional(),
+    DryRun: dryRun,
+  }),
+  GenerateDataKeyWithoutPlaintext: z.looseObject({
+    KeyId: keyId,
+    KeySpec: z.enum(['AES_256', 'AES_128']).optional(),
+    NumberOfBytes: z.number().int().min(1).max(1024).optional(),
+    EncryptionContext: encryptionContext,
+    GrantTokens: grantTokens,
+    DryRun: dryRun,
+  }),
+  GenerateRandom: z.looseObject({
+    NumberOfBytes: z.number().int().min(1).max(1024).optional(),
+    CustomKeyStoreId: z.string().optional(),
+    Recipient: z.unknown().optional(),
+  }),
+  Sign: z.looseObject({
+    KeyId: keyId,
+    Message: blob(1, 4096),
+    MessageType: z.enum(['RAW', 'DIGEST', 'EXTERNAL_MU']).optional(),
+    SigningAlgorithm: z.string(),
+    GrantTokens: grantTokens,
+    DryRun: dryRun,
+  }),
+  Verify: z.looseObject({
+    KeyId: keyId,
+    Message: blob(1, 4096),
+    MessageType: z.enum(['RAW', 'DIGEST', 'EXTERNAL_MU']).optional(),
+    Signature: blob(1, 6144),
+    SigningAlgorithm: z.string(),
+    GrantTokens: grantTokens,
+    DryRun: dryRun,
+  }),
+  GetPublicKey: z.looseObject({ KeyId: keyId, GrantTokens: grantTokens }),
+  GenerateMac: z.looseObject({ KeyId: keyId, Message: blob(1, 4096), MacAlgorithm: z.string(), GrantTokens: grantTokens, DryRun: dryRun }),
+  VerifyMac: z.looseObject({
+    KeyId: keyId,
+    Message: blob(1, 4096),
+    MacAlgorithm: z.string(),
+    Mac: blob(1, 6144),
+    GrantTokens: grantTokens,
+    DryRun: dryRun,
+  }),
+  EnableKey: z.looseObject({ KeyId: keyId }),
+  DisableKey: z.looseObject({ KeyId: keyId }),
+  ScheduleKeyDeletion: z.looseObject({ KeyId: keyId, PendingWindowInDays: z.number().int().min(7).max(30).optional() }),
+  CancelKeyDeletion: z.looseObject({ KeyId: keyId }),
+  EnableKeyRotation: z.looseObject({ KeyId: keyId, RotationPeriodInDays: z.number().int().min(90).max(2560).optional() }),
+  DisableKeyRotation: z.looseObject({ KeyId: keyId }),
+  GetKeyRotationStatus: z.looseObject({ KeyId: keyId }),
+  RotateKeyOnDemand: z.looseObject({ KeyId: keyId }),
+  ListKeyRotations: z.looseObject({ KeyId: keyId, Limit: limit, Marker: marker, IncludeKeyMaterial: z.string().optional() }),
+  TagResource: z.looseObject({ KeyId: keyId, Tags: z.array(tag).max(50) }),
+  UntagResource: z.looseObject({ KeyId: keyId, TagKeys: z.array(z.string().min(1).max(128)).max(50) }),
+  ListResourceTags: z.looseObject({ KeyId: keyId, Limit: limit, Marker: marker }),
+  GetParametersForImport: z.looseObject({
+    KeyId: keyId,
+    WrappingAlgorithm: z.string(),
+    WrappingKeySpec: z.string(),
+  }),
+  ImportKeyMaterial: z.looseObject({
+    KeyId: keyId,
+    ImportToken: blob(1, 6144),
+    EncryptedKeyMaterial: blob(1, 6144),
+    ValidTo: z.number().optional(),
+    ExpirationModel: z.enum(['KEY_MATERIAL_EXPIRES', 'KEY_MATERIAL_DOES_NOT_EXPIRE']).optional(),
+    ImportType: z.string().optional(),
+    KeyMaterialDescription: z.string().optional(),
+    KeyMaterialId: z.string().optional(),
+  }),
+} as const;
+
+export type AwsOperation = keyof typeof awsSchemas;
+export const AWS_OPERATIONS = new Set(Object.keys(awsSchemas)) as ReadonlySet<string>;
+export type AwsRequest<O extends AwsOperation> = z.output<(typeof awsSchemas)[O]>;
+
+/** The body as JSON; anything but an object is SerializationException (AWS's name for unparseable input). */
+export function parseJson(raw: Buffer): Record<string, unknown> {
+  // An empty body is an empty request (the AWS CLI sends "{}", some clients nothing).
+  if (!raw.length) return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new AwsError('SerializationException', 'request body is not valid JSON');
+  }
+  if (!value || typeof value !== 'object' || Array.isArray(value)) throw new AwsError('SerializationException', 'request body must be a JSON object');
+  return value as Record<string, unknown>;
+}
+
+/** Validates a parsed body for `op`; the ValidationException names the first offending member. */
+export function validateRequest<O extends AwsOperation>(op: O, value: Record<string, unknown>): AwsRequest<O> {
+  const r = awsSchemas[op].safeParse(value);
+  if (r.success) return r.data as AwsRequest<O>;
+  const issue = r.error.issues[0]!;
+  const path = issue.path.map(String).join('.');
+  const missing = issue.code === 'invalid_type' && issue.input === undefined;
+  throw awsValidation(`1 validation error detected: Value at '${path || 'body'}' failed to satisfy constraint: ${missing ? 'Member must not be null' : issue.message}`);
+}
