@@ -70,8 +70,13 @@ export class RegionToken {
   private readonly missing = new Map<string, number>();
   /** Successful connects (each object-index re-read is one). */
   private connections = 0;
-  /** Set by the registry: called when an object that should exist is not visible. */
-  onMissingObject?: () => void;
+  /**
+   * Set by the registry: called when an object that should exist is not visible; returns the
+   * re-read of the object index that will show it (scheduled or running).
+   */
+  onMissingObject?: () => Promise<void>;
+  /** The pending re-read of this token's object index (set by the registry), if any. */
+  rereading?: Promise<void>;
   /** Objects the start-up scan could not read (reported by readiness details and logs). */
   unreadable = 0;
   manufacturer = '';
@@ -212,7 +217,7 @@ export class RegionToken {
   };
 
   private get p11(): pkcs11js.PKCS11 {
-    if (this.down !== undefined || !this.lib) throw new TokenError('unavailable', 0xe0, this.down ?? 'not connected');
+    if (this.down !== undefined || !this.lib) throw new TokenError('unavailable', 0xe0, this.down ?? 'not connected', this.rereading);
     return this.lib.p11;
   }
 
@@ -271,18 +276,26 @@ export class RegionToken {
       // directory). Only re-initialising the library re-reads it: ask the registry to do so.
       // Until one re-read has happened since the first miss; an object still missing after that
       // is really gone and must not make every later request re-initialise the library.
-      const firstMissAt = this.missing.get(key);
-      if (firstMissAt === undefined || firstMissAt === this.connections) {
-        if (firstMissAt === undefined) {
-          if (this.missing.size > 10_000) this.missing.clear();
-          this.missing.set(key, this.connections);
-        }
-        this.onMissingObject?.();
-      }
-      throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} visible on the token`);
+      // The caller waits for that re-read (TokenError.rereading) and tries again.
+      const reread = this.rereadFor(key);
+      throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} visible on the token`, reread);
     }
     this.handles.set(key, found);
     return found;
+  }
+
+  /**
+   * The re-read to wait for after a miss of `key`, or undefined when one already ran since the
+   * first miss (then the object is really gone).
+   */
+  private rereadFor(key: string): Promise<void> | undefined {
+    const firstMissAt = this.missing.get(key);
+    if (firstMissAt !== undefined && firstMissAt !== this.connections) return undefined;
+    if (firstMissAt === undefined) {
+      if (this.missing.size > 10_000) this.missing.clear();
+      this.missing.set(key, this.connections);
+    }
+    return this.onMissingObject?.();
   }
 
   private find(ckaId: Buffer, cls: ObjectClass): pkcs11js.Handle | undefined {
@@ -384,7 +397,7 @@ export class RegionToken {
     } catch (e) {
       const err = toTokenError(e, what);
       if (this.syncSession) this.syncSession = this.renewSession(this.syncSession, err);
-      if (err.kind !== 'staleHandle') return this.fail(err, what);
+      if (err.kind !== 'staleHandle' || err.rereading) return this.fail(err, what);
       this.forget(ckaId);
       try {
         return fn(resolve());
@@ -408,7 +421,7 @@ export class RegionToken {
           return await fn(p11, s, this.handle(ckaId, cls));
         } catch (e) {
           const err = toTokenError(e, what);
-          if (err.kind !== 'staleHandle') throw err;
+          if (err.kind !== 'staleHandle' || err.rereading) throw err;
           this.forget(ckaId);
           return await fn(p11, s, this.handle(ckaId, cls));
         }
@@ -508,9 +521,22 @@ export class RegionToken {
     }
   }
 
+  /**
+   * Whether the object is on the token, asked of the token itself. A miss that no object-index
+   * re-read has followed yet throws a TokenError with `rereading` (wait for it, ask again):
+   * SoftHSM2 may hide an object another process just created.
+   */
   exists(ckaId: Buffer, cls: ObjectClass): boolean {
-    this.handles.delete(cacheKey(CLASS_VALUE[cls], ckaId));
-    return this.find(ckaId, cls) !== undefined;
+    const key = cacheKey(CLASS_VALUE[cls], ckaId);
+    this.handles.delete(key);
+    const found = this.find(ckaId, cls);
+    if (found) {
+      this.handles.set(key, found);
+      return true;
+    }
+    const reread = this.rereadFor(key);
+    if (reread) throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} visible on the token yet`, reread);
+    return false;
   }
 
   // ---- symmetric (synchronous: cheaper than the thread-pool hop) --------------------------
@@ -602,7 +628,7 @@ export class RegionToken {
       } catch (e) {
         if (!this.signer!.usable) return await this.sign(ckaId, mechanism, data); // a thread died: the async path
         const err = toTokenError(e, 'sign');
-        if (err.kind !== 'staleHandle') throw err;
+        if (err.kind !== 'staleHandle' || err.rereading) throw err;
         this.forget(ckaId);
         return await attempt();
       }

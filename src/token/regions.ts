@@ -3,6 +3,7 @@ import { notFound, regionUnavailable } from '../errors.js';
 import { probeOaepHashes } from './probe.js';
 import { Pkcs11Library } from './module.js';
 import { RegionToken } from './region-token.js';
+import { awaitingReread } from './reread.js';
 import type { HashName } from './constants.js';
 
 /**
@@ -10,10 +11,15 @@ import type { HashName } from './constants.js';
  * with CKR_DEVICE_* is marked unavailable (503) and reconnected in the background; the process
  * and the other regions carry on.
  */
+/** Least time between two object-index re-reads of one library (ms). */
+const REREAD_SPACING_MS = 200;
+
 export class RegionRegistry {
   private timer?: NodeJS.Timeout;
+  /** Per library path: the object-index re-read that has not re-initialised the library yet. */
   private readonly refreshing = new Map<string, Promise<void>>();
-  private readonly lastRefresh = new Map<string, number>();
+  /** Per library path: when the last re-read ended and how long it took (ms). */
+  private readonly lastRefresh = new Map<string, { at: number; took: number }>();
   private readonly probes = new Map<string, Promise<HashName[]>>();
   private readonly lastProbe = new Map<string, number>();
 
@@ -94,29 +100,51 @@ export class RegionRegistry {
 
   /**
    * Re-reads the token's objects by re-initialising its library (the only way SoftHSM2 picks up
-   * objects it missed; see RegionToken.handle). Single-flight per library and at most once a second;
-   * the regions on that library answer 503 for the few milliseconds it takes.
+   * objects it missed; see RegionToken.handle) and resolves when that is done. Single-flight per
+   * library: every miss until the library is re-initialised joins the same re-read. Re-reads are
+   * spaced by at least REREAD_SPACING_MS and twice the last one's duration (on a large token
+   * a re-read holds the event loop for a second or more), so a flood of misses cannot keep the
+   * region in re-reads. Requests wait for it (`throughReread`, bounded), none is refused.
    */
-  refreshObjectIndex(modulePath: string): void {
-    if (this.refreshing.has(modulePath) || Date.now() - (this.lastRefresh.get(modulePath) ?? 0) < 1000) return;
+  refreshObjectIndex(modulePath: string): Promise<void> {
+    const pending = this.refreshing.get(modulePath);
+    if (pending) return pending;
     const lib = Pkcs11Library.get(modulePath);
-    if (!lib) return;
+    if (!lib) return Promise.resolve();
+    const last = this.lastRefresh.get(modulePath);
+    const delay = last ? Math.max(0, last.at + Math.max(REREAD_SPACING_MS, 2 * last.took) - Date.now()) : 0;
+    const onLibrary = [...this.tokens.values()].filter((t) => t.settings.modulePath === modulePath);
     const run = (async () => {
-      const siblings = [...this.tokens.values()].filter((t) => t.settings.modulePath === modulePath && t.available);
+      if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+      const siblings = onLibrary.filter((t) => t.available);
       await Promise.all(siblings.map((t) => t.drain('re-reading the token object index')));
-      lib.reinitialize();
-      for (const t of siblings)
-        try {
-          t.connect();
-        } catch (e) {
-          this.log.warn('region token unavailable after object index refresh', { region: t.settings.region, reason: (e as Error).message });
-        }
-      this.log.warn('re-initialised the PKCS#11 library to see objects another process created', { modulePath });
-    })().finally(() => {
-      this.lastRefresh.set(modulePath, Date.now());
-      this.refreshing.delete(modulePath);
-    });
+      const started = Date.now();
+      try {
+        lib.reinitialize();
+        for (const t of siblings)
+          try {
+            t.connect();
+          } catch (e) {
+            this.log.warn('region token unavailable after object index refresh', { region: t.settings.region, reason: (e as Error).message });
+          }
+      } catch (e) {
+        // the regions stay down; the retry loop reconnects them (never a rejected promise: callers only wait on it)
+        this.log.error('re-initialising the PKCS#11 library failed', { modulePath, reason: (e as Error).message });
+      } finally {
+        // In the same synchronous step as the re-initialisation: a miss seen after it needs a new re-read.
+        this.lastRefresh.set(modulePath, { at: Date.now(), took: Date.now() - started });
+        this.refreshing.delete(modulePath);
+      }
+      this.log.warn('re-initialised the PKCS#11 library to see objects another process created', { modulePath, ms: Date.now() - started });
+    })();
     this.refreshing.set(modulePath, run);
+    for (const t of onLibrary) {
+      t.rereading = run;
+      void run.finally(() => {
+        if (t.rereading === run) t.rereading = undefined;
+      });
+    }
+    return run;
   }
 
   startRetry(intervalMs = 5000): void {
@@ -139,7 +167,8 @@ export class RegionRegistry {
   require(region: string): RegionToken {
     const t = this.tokens.get(region);
     if (!t) throw notFound(`region ${region} not found`);
-    if (!t.available) throw regionUnavailable(region, t.unavailableReason ?? 'token not usable');
+    // While the object index is re-read the 503 says so, and callers inside a request wait for it (throughReread).
+    if (!t.available) throw awaitingReread(regionUnavailable(region, t.unavailableReason ?? 'token not usable'), t.rereading);
     return t;
   }
 }
