@@ -5,7 +5,7 @@ import { TokenError, toTokenError } from './errors.js';
 import { input } from './input.js';
 import { ObjectIndex, type ObjectClass } from './object-index.js';
 import { SignerThreads } from './signer-threads.js';
-import { keyPairTemplate, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
+import { keyPairTemplate, mechanismsFor, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
 import { WorkingCopies } from './working-copies.js';
 
 export type { TokenSettings } from './connection.js';
@@ -248,7 +248,12 @@ export class RegionToken {
 
   // ---- key generation -------------------------------------------------------------------
 
+  /**
+   * Creates a key in the token. A token whose mechanism list lacks what the key needs (see
+   * `mechanismsFor`) is refused with TokenError 'unsupported' (400 UnsupportedOperation) naming it.
+   */
   async generate(spec: TokenKeySpec, o: ObjectOptions): Promise<void> {
+    this.requireMechanisms(spec);
     if (spec.kind === 'aes' || spec.kind === 'hmac' || spec.kind === 'chacha20') {
       const { mechanism, template } = secretKeyTemplate(spec, o);
       const h = await this.retryTransient(o, () => this.withSession('generate', (p11, s) => p11.C_GenerateKeyAsync(s, { mechanism }, template)));
@@ -263,6 +268,18 @@ export class RegionToken {
       this.index.set(o.ckaId, 'private', pair.privateKey);
       this.index.set(o.ckaId, 'public', pair.publicKey);
     }
+  }
+
+  private requireMechanisms(spec: TokenKeySpec): void {
+    const offered = this.conn.mechanisms;
+    if (!offered.size) return; // not connected: the operation itself answers 503
+    const missing = mechanismsFor(spec).filter((m) => !offered.has(m.mechanism));
+    if (missing.length)
+      throw new TokenError(
+        'unsupported',
+        0x70,
+        `the token of region ${this.settings.region} does not offer ${missing.map((m) => m.name).join(' and ')}, which ${spec.kind} keys need`,
+      );
   }
 
   /**
@@ -404,13 +421,21 @@ export class RegionToken {
   private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
     void this.p11; // throws 503 while the region is down
     const started = performance.now();
-    const attempt = () => this.signer!.sign(this.conn.generation, this.conn.slot!, this.index.handle(ckaId, 'private'), mechanism, data);
+    const generation = this.conn.generation;
+    const attempt = () => this.signer!.sign(generation, this.conn.slot!, this.index.handle(ckaId, 'private'), mechanism, data);
     try {
       try {
         return await attempt();
       } catch (e) {
         if (!this.signer!.usable) return await this.sign(ckaId, mechanism, data); // a thread died: the async path
         const err = toTokenError(e, 'sign');
+        if (err.ckr === 0x190 && this.available && generation === this.conn.generation) {
+          // CKR_CRYPTOKI_NOT_INITIALIZED in a thread while this one has the library initialised: the
+          // module gives each loader its own instance (p11-kit-client.so opens a connection per
+          // C_GetFunctionList), so the threads cannot share this process's login and handles.
+          this.signer!.disable();
+          return await this.sign(ckaId, mechanism, data);
+        }
         if (err.kind !== 'staleHandle' || err.rereading) throw err;
         this.forget(ckaId);
         return await attempt();
