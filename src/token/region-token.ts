@@ -208,23 +208,26 @@ export class RegionToken {
     }
   }
 
+  /** An async operation on a pooled session with the object's handle (`working`: its working copy). */
   private async withSessionAndHandle<T>(
     ckaId: Buffer,
     cls: ObjectClass,
     what: string,
     fn: (p11: pkcs11js.PKCS11, s: pkcs11js.Handle, h: pkcs11js.Handle) => Promise<T>,
+    working = false,
   ): Promise<T> {
     const p11 = this.p11;
     const started = performance.now();
+    const resolve = () => (working ? this.copies.handle(ckaId, cls) : this.index.handle(ckaId, cls));
     try {
       return await this.conn.pool!.use(async (s) => {
         try {
-          return await fn(p11, s, this.index.handle(ckaId, cls));
+          return await fn(p11, s, resolve());
         } catch (e) {
           const err = toTokenError(e, what);
           if (err.kind !== 'staleHandle' || err.rereading) throw err;
           this.forget(ckaId);
-          return await fn(p11, s, this.index.handle(ckaId, cls));
+          return await fn(p11, s, resolve());
         }
       }, this.conn.renewSession);
     } catch (e) {
@@ -410,19 +413,31 @@ export class RegionToken {
 
   // ---- asymmetric (async) -----------------------------------------------------------------
 
+  /**
+   * Signs with the private key's working copy: SoftHSM2 re-reads a token object's file on every
+   * C_SignInit, a session copy it does not (the same reason as for the symmetric keys). The
+   * copy lives in the holder session; the signing threads' own sessions use it too (session
+   * objects belong to the process, not to one session).
+   */
   sign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
     if (this.signer?.usable) return this.signOnThreads(ckaId, mechanism, data);
-    return this.withSessionAndHandle(ckaId, 'private', 'sign', (p11, s, h) => {
-      p11.C_SignInit(s, mechanism, h);
-      return p11.C_SignAsync(s, input(data), Buffer.allocUnsafe(1024));
-    });
+    return this.withSessionAndHandle(
+      ckaId,
+      'private',
+      'sign',
+      (p11, s, h) => {
+        p11.C_SignInit(s, mechanism, h);
+        return p11.C_SignAsync(s, input(data), Buffer.allocUnsafe(1024));
+      },
+      true,
+    );
   }
 
   private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
     void this.p11; // throws 503 while the region is down
     const started = performance.now();
     const generation = this.conn.generation;
-    const attempt = () => this.signer!.sign(generation, this.conn.slot!, this.index.handle(ckaId, 'private'), mechanism, data);
+    const attempt = () => this.signer!.sign(generation, this.conn.slot!, this.copies.handle(ckaId, 'private'), mechanism, data);
     try {
       try {
         return await attempt();
