@@ -79,20 +79,30 @@ export class RegionToken {
     this.conn.rereading = p;
   }
 
-  /** Opens sessions, logs in and indexes every token object by CKA_ID (the only full scan). */
-  connect(): void {
+  /**
+   * Opens sessions, logs in and indexes every token object by CKA_ID (the only full scan).
+   * `background`: the region is usable as soon as the sessions are open, and the index is built
+   * in slices meanwhile (start-up on a large token); lookups that miss wait for it (`indexed`).
+   */
+  connect(opts: { background?: boolean } = {}): void {
     this.closeSessions();
     try {
       this.conn.open();
-      this.index.scan();
+      if (!opts.background) this.index.scan();
       this.conn.generation++;
       this.conn.down = undefined;
+      if (opts.background) void this.index.scanInBackground();
     } catch (e) {
       this.closeSessions();
       const err = toTokenError(e, `region ${this.settings.region}`);
       this.conn.down = err.message;
       throw err;
     }
+  }
+
+  /** Settles when the object index holds every token object (at once unless a background build runs). */
+  get indexed(): Promise<void> {
+    return this.index.building?.catch(() => undefined) ?? Promise.resolve();
   }
 
   private closeSessions(): void {

@@ -11,6 +11,9 @@ import type { HashName } from './constants.js';
  * with CKR_DEVICE_* is marked unavailable (503) and reconnected in the background; the process
  * and the other regions carry on.
  */
+/** How long start-up waits for a token's object index before serving without it (ms). */
+const INDEX_WAIT_AT_START_MS = 250;
+
 /** Least time between two object-index re-reads of one library (ms). */
 const REREAD_SPACING_MS = 200;
 
@@ -29,25 +32,38 @@ export class RegionRegistry {
     private readonly onConnected: (region: string) => Promise<void> = async () => {},
   ) {}
 
-  /** Connects every token once; failures are logged and left to the retry loop. */
+  /**
+   * Connects every token once; failures are logged and left to the retry loop. The object
+   * indexes are built in the background: a large token (20,000 objects: seconds) does not hold
+   * up readiness; requests for an object not indexed yet wait for it.
+   */
   async connectAll(): Promise<void> {
     for (const t of this.tokens.values()) t.onMissingObject = () => this.refreshObjectIndex(t.settings.modulePath);
-    for (const name of this.tokens.keys()) await this.tryConnect(name);
+    for (const name of this.tokens.keys()) await this.tryConnect(name, false, true);
   }
 
-  private async tryConnect(name: string, retry = false): Promise<boolean> {
+  private async tryConnect(name: string, retry = false, background = false): Promise<boolean> {
     const t = this.tokens.get(name)!;
     try {
       if (retry) this.reinitializeIfIdle(t);
-      t.connect();
+      t.connect({ background });
     } catch (e) {
       this.log.warn('region token unavailable', { region: name, reason: (e as Error).message });
       return false;
     }
-    this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
     // Off the start-up path: an RSA key pair generation and a few trial unwraps.
     this.probes.set(name, this.probe(name));
-    await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
+    const connected = async () => {
+      this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
+      await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
+    };
+    // The post-connect steps (reconciliation reads the whole index) follow the index: awaited
+    // when it is quickly built (a small token: as before), else in the background.
+    let timer: NodeJS.Timeout | undefined;
+    const built = await Promise.race([t.indexed.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), INDEX_WAIT_AT_START_MS)))]);
+    clearTimeout(timer);
+    if (built) await connected();
+    else void t.indexed.then(connected);
     return true;
   }
 
