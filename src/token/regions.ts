@@ -139,7 +139,8 @@ export class RegionRegistry {
         lib.reinitialize();
         for (const t of siblings)
           try {
-            t.connect();
+            // the index is rebuilt in slices: other keys are served meanwhile, misses wait for it
+            t.connect({ background: true });
           } catch (e) {
             this.log.warn('region token unavailable after object index refresh', { region: t.settings.region, reason: (e as Error).message });
           }
