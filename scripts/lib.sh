@@ -16,6 +16,21 @@ ensure_softhsm() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc >/dev/null
 }
 
+# p11-kit (the `p11-kit server` command) and p11-kit-modules (p11-kit-client.so) from Debian,
+# only when missing: the tests serve a SoftHSM2 token over a Unix socket with them (a network token).
+ensure_p11kit() {
+  if command -v p11-kit >/dev/null && [ -n "$(p11kit_client_module)" ]; then return; fi
+  log "installing p11-kit and p11-kit-modules from Debian"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq p11-kit p11-kit-modules >/dev/null
+}
+
+# Path of p11-kit-client.so (empty when not installed).
+p11kit_client_module() {
+  dpkg -L p11-kit-modules 2>/dev/null | grep '/p11-kit-client\.so$' | head -1 || true
+}
+
 # node_modules (with the native builds of pkcs11js and sqlite3) and the compiled dist/.
 ensure_node() {
   cd "$ROOT"
@@ -64,6 +79,7 @@ ensure_awscli() {
 # MongoDB-compatible server (mongod when on PATH, else the FerretDB build).
 ensure_test_stack() {
   ensure_softhsm
+  ensure_p11kit
   ensure_node
   if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
   ensure_ferretdb
