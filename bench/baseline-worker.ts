@@ -12,8 +12,9 @@ const CKM_EDDSA = 0x1057;
 const CKK_EC_EDWARDS = 0x40;
 const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
 const ED25519_PARAMS = Buffer.from('06032b6570', 'hex');
+const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
 
-export type BaselineKind = 'raw-pkcs11-aes' | 'raw-pkcs11-aes-token-object' | 'raw-pkcs11-keygen' | 'raw-pkcs11-ed25519' | 'node-crypto-aes';
+export type BaselineKind = 'raw-pkcs11-aes' | 'raw-pkcs11-aes-token-object' | 'raw-pkcs11-keygen' | 'raw-pkcs11-ed25519' | 'raw-pkcs11-ecdsa-p256' | 'node-crypto-aes';
 
 export interface BaselineJob {
   kind: BaselineKind;
@@ -144,23 +145,25 @@ function rawKeygen(job: BaselineJob): { ops: number; seconds: number } {
   }
 }
 
-function rawEd25519(job: BaselineJob): { ops: number; seconds: number } {
+/** The raw one-thread signing loop on a token key pair: Ed25519 (32 B message) or ECDSA P-256 (a SHA-256 digest). */
+function rawSign(job: BaselineJob, curve: 'ed25519' | 'p256'): { ops: number; seconds: number } {
   const t = openToken(job);
-  const id = benchId('ed25519');
+  const id = benchId(curve === 'ed25519' ? 'ed25519' : 'ecdsa-p256');
+  const keyType = curve === 'ed25519' ? CKK_EC_EDWARDS : P.CKK_EC;
   const pair = t.p11.C_GenerateKeyPair(
     t.session,
-    { mechanism: CKM_EC_EDWARDS_KEY_PAIR_GEN },
+    { mechanism: curve === 'ed25519' ? CKM_EC_EDWARDS_KEY_PAIR_GEN : P.CKM_EC_KEY_PAIR_GEN },
     [
       { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
-      { type: P.CKA_KEY_TYPE, value: CKK_EC_EDWARDS },
+      { type: P.CKA_KEY_TYPE, value: keyType },
       { type: P.CKA_TOKEN, value: true },
-      { type: P.CKA_EC_PARAMS, value: ED25519_PARAMS },
+      { type: P.CKA_EC_PARAMS, value: curve === 'ed25519' ? ED25519_PARAMS : P256_PARAMS },
       { type: P.CKA_VERIFY, value: true },
       { type: P.CKA_ID, value: id },
     ],
     [
       { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
-      { type: P.CKA_KEY_TYPE, value: CKK_EC_EDWARDS },
+      { type: P.CKA_KEY_TYPE, value: keyType },
       { type: P.CKA_TOKEN, value: true },
       { type: P.CKA_PRIVATE, value: true },
       { type: P.CKA_SENSITIVE, value: true },
@@ -172,8 +175,9 @@ function rawEd25519(job: BaselineJob): { ops: number; seconds: number } {
   try {
     const data = randomBytes(32);
     const out = Buffer.alloc(64);
+    const mechanism = curve === 'ed25519' ? CKM_EDDSA : P.CKM_ECDSA;
     const op = () => {
-      t.p11.C_SignInit(t.session, { mechanism: CKM_EDDSA }, pair.privateKey);
+      t.p11.C_SignInit(t.session, { mechanism }, pair.privateKey);
       t.p11.C_Sign(t.session, data, out);
     };
     timed(Math.min(500, job.durationMs / 4), 20, op);
@@ -210,8 +214,10 @@ export function runBaseline(job: BaselineJob): BaselineResult {
       : job.kind === 'raw-pkcs11-keygen'
         ? rawKeygen(job)
         : job.kind === 'raw-pkcs11-ed25519'
-          ? rawEd25519(job)
-          : nodeAes(job);
+          ? rawSign(job, 'ed25519')
+          : job.kind === 'raw-pkcs11-ecdsa-p256'
+            ? rawSign(job, 'p256')
+            : nodeAes(job);
   return { kind: job.kind, ops: r.ops, seconds: r.seconds, perSecond: r.ops / r.seconds };
 }
 

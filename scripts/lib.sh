@@ -7,13 +7,19 @@ FERRETDB_BIN="$ROOT/.cache/ferretdb-kmsd"
 
 log() { printf '[kmsd] %s\n' "$*" >&2; }
 
+# apt-get install of Debian packages; the package lists are refreshed once per script run.
+APT_UPDATED=""
+apt_install() {
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  if [ -z "$APT_UPDATED" ]; then $sudo apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 # SoftHSM2 + OpenSC (pkcs11-tool) from Debian, only when missing.
 ensure_softhsm() {
   if [ -e "$SOFTHSM_LIB" ] && command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null; then return; fi
   log "installing softhsm2 and opensc from Debian (apt-get; usually about 1 minute)"
-  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 opensc >/dev/null
+  apt_install softhsm2 opensc
 }
 
 # PostgreSQL 15 from Debian (cluster-mode store tests), only when missing. The test helper
@@ -21,13 +27,25 @@ ensure_softhsm() {
 PG_BINDIR="${PG_BINDIR:-/usr/lib/postgresql/15/bin}"
 ensure_postgres() {
   if [ -x "$PG_BINDIR/initdb" ] && [ -x "$PG_BINDIR/pg_ctl" ] && id postgres >/dev/null 2>&1; then return; fi
-  log "installing postgresql-15 from Debian"
+  log "installing postgresql-15 from Debian (apt-get; usually under a minute)"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq >/dev/null
   # no cluster of its own: the tests make throwaway clusters
   $sudo mkdir -p /etc/postgresql-common/createcluster.conf.d
   echo 'create_main_cluster = false' | $sudo tee /etc/postgresql-common/createcluster.conf.d/kmsd.conf >/dev/null 2>&1 || true
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql-15 >/dev/null
+  apt_install postgresql-15
+}
+
+# p11-kit (the `p11-kit server` command) and p11-kit-modules (p11-kit-client.so) from Debian,
+# only when missing: the tests serve a SoftHSM2 token over a Unix socket with them (a network token).
+ensure_p11kit() {
+  if command -v p11-kit >/dev/null && [ -n "$(p11kit_client_module)" ]; then return; fi
+  log "installing p11-kit and p11-kit-modules from Debian (apt-get; a few seconds)"
+  apt_install p11-kit p11-kit-modules
+}
+
+# Path of p11-kit-client.so (empty when not installed).
+p11kit_client_module() {
+  dpkg -L p11-kit-modules 2>/dev/null | grep '/p11-kit-client\.so$' | head -1 || true
 }
 
 # node_modules (with the native builds of pkcs11js and sqlite3) and the compiled dist/.
@@ -79,6 +97,7 @@ ensure_awscli() {
 ensure_test_stack() {
   ensure_softhsm
   ensure_postgres
+  ensure_p11kit
   ensure_node
   if command -v mongod >/dev/null && [ -z "${MONGODB_URI:-}" ]; then export KMSD_TEST_MONGOD="$(command -v mongod)"; fi
   ensure_ferretdb

@@ -4,6 +4,7 @@ import { KmsError, validation } from '../errors.js';
 import { AUDIT_UNAVAILABLE, mapError, type MappedError } from './errors.js';
 import { bearerToken, requireOrganisation, RequestContext } from './context.js';
 import type { Services } from './services.js';
+import { throughReread } from '../token/reread.js';
 
 export interface Reply {
   status?: number;
@@ -77,12 +78,13 @@ export function operation(s: Services, action: string, opts: RouteOptions, body:
       if (!opts.allowDisabledOrg && !org?.kmsEnabled) throw new KmsError('KmsNotEnabled', `KMS is not enabled for organisation ${organisation}`);
       const project = typeof req.headers['x-project-identity'] === 'string' ? req.headers['x-project-identity'] : '';
       if (project.length > 128) throw validation('X-Project-Identity: at most 128 characters');
-      if (region !== undefined) {
-        if (!auditRegion) throw new KmsError('NotFound', `region ${region.length > 64 ? `${region.slice(0, 64)}…` : region} not found`);
-        if (!opts.tokenOptional) s.regions.require(region);
-      }
-      ctx = new RequestContext(s, requestId, p, claimed, project, region);
-      const reply = await body(req, ctx);
+      if (region !== undefined && !auditRegion) throw new KmsError('NotFound', `region ${region.length > 64 ? `${region.slice(0, 64)}…` : region} not found`);
+      const c = (ctx = new RequestContext(s, requestId, p, claimed, project, region));
+      // A token re-reading its object index (an object another process just made) is waited for, not a 503.
+      const reply = await throughReread(() => {
+        if (region !== undefined && !opts.tokenOptional) s.regions.require(region);
+        return body(req, c);
+      });
       await s.audit.record({
         action,
         outcome: 'success',

@@ -5,6 +5,7 @@ import type { AuditOutcome } from '../audit/audit-log.js';
 import type { AwsRepository } from '../store/aws-repo.js';
 import { claimedAccessKeyId, type AwsCredential, type AwsCredentials } from './credentials.js';
 import { AwsError, errorBody, toAwsError } from './errors.js';
+import { throughReread } from '../token/reread.js';
 import { AwsOperations, type AuditNote, type AwsSettings, type Caller } from './operations.js';
 import { AWS_OPERATIONS, parseJson, validateRequest, type AwsOperation } from './schemas.js';
 
@@ -113,7 +114,8 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
       // Another process may have rotated or disabled the key: bring the cache up to date first.
       await s.keys.fresh();
       const body = validateRequest(operation, parseJson(raw));
-      const reply = await ops.run(operation, caller, body, note);
+      // A token re-reading its object index (an object another process just made) is waited for, not a 503.
+      const reply = await throughReread(() => ops.run(operation, caller, body, note));
       // Only read-only operations take DryRun, so having run it is harmless; AWS answers this error on success.
       if ((body as { DryRun?: boolean }).DryRun === true)
         throw new AwsError('DryRunOperationException', 'The request would have succeeded, but the DryRun parameter was set.');

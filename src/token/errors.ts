@@ -15,6 +15,12 @@ export class TokenError extends Error {
     readonly kind: TokenErrorKind,
     readonly ckr: number,
     message: string,
+    /**
+     * Set when the failure is only that the token's object index is being re-read (an object
+     * another process created is not visible yet): settles when the re-read is over, and the
+     * caller should wait for it and try again (see `throughReread`).
+     */
+    readonly rereading?: Promise<void>,
   ) {
     super(message);
     this.name = 'TokenError';

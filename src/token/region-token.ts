@@ -1,29 +1,15 @@
 import pkcs11js from 'pkcs11js';
 import { CKM_CHACHA20_POLY1305, CKM_EDDSA, HASH_MECH, type HashName } from './constants.js';
+import { TokenConnection, type TokenSettings } from './connection.js';
 import { TokenError, toTokenError } from './errors.js';
-import { Pkcs11Library } from './module.js';
-import { TokenSessionPool } from './session-pool.js';
 import { input } from './input.js';
+import { ObjectIndex, type ObjectClass } from './object-index.js';
 import { SignerThreads } from './signer-threads.js';
-import { keyPairTemplate, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
+import { keyPairTemplate, mechanismsFor, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
+import { WorkingCopies } from './working-copies.js';
 
-const { CKA_CLASS, CKA_ID, CKO_SECRET_KEY, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY } = pkcs11js;
-const SESSION_FLAGS = pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION;
-
-export type ObjectClass = 'secret' | 'private' | 'public';
-const CLASS_VALUE: Record<ObjectClass, number> = { secret: CKO_SECRET_KEY, private: CKO_PRIVATE_KEY, public: CKO_PUBLIC_KEY };
-
-export interface TokenSettings {
-  region: string;
-  modulePath: string;
-  label: string;
-  pin: string;
-  sessions: number;
-  /** At most this many session working copies of secret keys (0: operate on token objects). */
-  workingCopies?: number;
-  /** Worker threads that run asymmetric signing (0: pkcs11js C_SignAsync from the main thread). */
-  signerThreads?: number;
-}
+export type { TokenSettings } from './connection.js';
+export type { ObjectClass } from './object-index.js';
 
 export interface TokenOpTimer {
   (op: string, seconds: number): void;
@@ -35,123 +21,99 @@ export type PublicKeyAttrs =
   | { kind: 'ec'; ecParams: Buffer; ecPoint: Buffer };
 
 /**
- * One region's PKCS#11 token: login, a session pool, a CKA_ID → handle cache, and the
- * operations kmsd needs. Fast symmetric operations (AES-GCM, HMAC: ~19 µs on SoftHSM2) run
- * synchronously on a dedicated session, because the libuv hop costs more than the operation
- * (~43 µs measured); everything slow (key generation, RSA, EC, EdDSA, unwrap) runs through the
- * pkcs11js *Async calls so the event loop never waits on the HSM.
- *
- * Symmetric operations use a session *working copy* of the token object (C_CopyObject with
- * CKA_TOKEN false, made on first use, held by a session that does nothing else). The copy lives
- * in the token like the original, keeps CKA_SENSITIVE and CKA_EXTRACTABLE false, and dies with
- * the session. Why: SoftHSM2's file store re-validates a token object against its file on every
- * C_EncryptInit, so one AES-GCM operation costs ~45 µs on a token object and ~18 µs on a
- * session object (measured, pkcs11js 2.1.7, SoftHSM2 2.6.1). Copies are dropped when a version
- * is destroyed (here, or by another process via the key change feed) and when over the cap.
+ * One region's PKCS#11 token and the operations kmsd needs, over three parts: the connection
+ * (library, login, sessions, up or down: connection.ts), the CKA_ID → handle index
+ * (object-index.ts) and session working copies (working-copies.ts). Fast symmetric operations
+ * (AES-GCM, HMAC: ~19 µs on SoftHSM2) run synchronously on a dedicated session, because the
+ * libuv hop costs more than the operation (~43 µs measured); everything slow (key generation,
+ * RSA, EC, EdDSA, unwrap) runs through the pkcs11js *Async calls or the signing threads so the
+ * event loop never waits on the HSM. Symmetric operations use working copies of the keys.
  */
 export class RegionToken {
-  private lib?: Pkcs11Library;
-  private slot?: pkcs11js.Handle;
-  private pool?: TokenSessionPool;
-  private allSessions: pkcs11js.Handle[] = [];
-  private syncSession?: pkcs11js.Handle;
-  private readonly handles = new Map<string, pkcs11js.Handle>();
-  /**
-   * Secret-key handles for symmetric operations by cache key, oldest first: a working copy
-   * (`copied`, a session object this class destroys) or, for a key the token would not copy,
-   * the token object itself (never destroyed here).
-   */
-  private readonly working = new Map<string, { handle: pkcs11js.Handle; copied: boolean }>();
-  /** The session that owns the working copies; never used for operations, so never renewed. */
-  private holderSession?: pkcs11js.Handle;
-  private down: string | undefined = 'not connected yet';
-  mechanisms = new Set<number>();
-  /** CKA_ID cache key → `connections` when it was first missed. */
-  private readonly missing = new Map<string, number>();
-  /** Successful connects (each object-index re-read is one). */
-  private connections = 0;
-  /** Set by the registry: called when an object that should exist is not visible. */
-  onMissingObject?: () => void;
-  /** Objects the start-up scan could not read (reported by readiness details and logs). */
-  unreadable = 0;
-  manufacturer = '';
-  model = '';
-  serial = '';
-
+  private readonly conn: TokenConnection;
+  private readonly index: ObjectIndex;
+  private readonly copies: WorkingCopies;
   private readonly signer?: SignerThreads;
 
   constructor(
     readonly settings: TokenSettings,
     private readonly timer: TokenOpTimer = () => {},
   ) {
+    this.conn = new TokenConnection(settings);
+    this.index = new ObjectIndex(this.conn, (e, what) => this.fail(e, what));
+    this.copies = new WorkingCopies(this.conn, this.index, settings.workingCopies ?? 0);
     if ((settings.signerThreads ?? 0) > 0) this.signer = new SignerThreads(settings.modulePath, settings.signerThreads!);
   }
 
   get available(): boolean {
-    return this.down === undefined;
+    return this.conn.down === undefined;
   }
   get unavailableReason(): string | undefined {
-    return this.down;
+    return this.conn.down;
+  }
+  get mechanisms(): Set<number> {
+    return this.conn.mechanisms;
+  }
+  get manufacturer(): string {
+    return this.conn.manufacturer;
+  }
+  get model(): string {
+    return this.conn.model;
+  }
+  get serial(): string {
+    return this.conn.serial;
+  }
+  /** Objects the start-up scan could not read (reported by readiness details and logs). */
+  get unreadable(): number {
+    return this.index.unreadable;
+  }
+  /** Set by the registry: called when an object that should exist is not visible (see ObjectIndex.handle). */
+  set onMissingObject(f: (() => Promise<void>) | undefined) {
+    this.index.onMissingObject = f;
+  }
+  /** The pending re-read of this token's object index (set by the registry), if any. */
+  get rereading(): Promise<void> | undefined {
+    return this.conn.rereading;
+  }
+  set rereading(p: Promise<void> | undefined) {
+    this.conn.rereading = p;
   }
 
-  /** Opens sessions, logs in and indexes every token object by CKA_ID (the only full scan). */
-  connect(): void {
+  /**
+   * Opens sessions, logs in and indexes every token object by CKA_ID (the only full scan).
+   * `background`: the region is usable as soon as the sessions are open, and the index is built
+   * in slices meanwhile (start-up on a large token); lookups that miss wait for it (`indexed`).
+   */
+  connect(opts: { background?: boolean } = {}): void {
     this.closeSessions();
-    const s = this.settings;
     try {
-      this.lib = Pkcs11Library.open(s.modulePath);
-      const p11 = this.lib.p11;
-      const slot = this.lib.findSlot(s.label);
-      if (!slot) throw new TokenError('unavailable', 0xe0, `no token labelled ${s.label} in ${s.modulePath}`);
-      this.slot = slot;
-      const info = p11.C_GetTokenInfo(slot);
-      this.manufacturer = info.manufacturerID.trim();
-      this.model = info.model.trim();
-      this.serial = info.serialNumber.trim();
-      this.mechanisms = new Set(p11.C_GetMechanismList(slot));
-      const sessions: pkcs11js.Handle[] = [];
-      for (let i = 0; i < s.sessions + 2; i++) sessions.push(p11.C_OpenSession(slot, SESSION_FLAGS));
-      this.allSessions = sessions;
-      try {
-        p11.C_Login(sessions[0]!, pkcs11js.CKU_USER, s.pin);
-      } catch (e) {
-        // 0x100 = CKR_USER_ALREADY_LOGGED_IN: login is per application, another region did it.
-        if (!(e instanceof pkcs11js.Pkcs11Error && e.code === 0x100)) throw e;
-      }
-      this.syncSession = sessions[0];
-      this.holderSession = sessions[1];
-      this.pool = new TokenSessionPool(sessions.slice(2));
-      this.scanObjects();
-      this.connections++;
-      this.down = undefined;
+      this.conn.open();
+      if (!opts.background) this.index.scan();
+      this.conn.generation++;
+      this.conn.down = undefined;
+      if (opts.background) void this.index.scanInBackground();
     } catch (e) {
       this.closeSessions();
-      const err = toTokenError(e, `region ${s.region}`);
-      this.down = err.message;
+      const err = toTokenError(e, `region ${this.settings.region}`);
+      this.conn.down = err.message;
       throw err;
     }
   }
 
+  /** Settles when the object index holds every token object (at once unless a background build runs). */
+  get indexed(): Promise<void> {
+    return this.index.building?.catch(() => undefined) ?? Promise.resolve();
+  }
+
   private closeSessions(): void {
-    if (this.lib)
-      for (const sh of this.allSessions) {
-        try {
-          this.lib.p11.C_CloseSession(sh);
-        } catch {
-          /* already closed */
-        }
-      }
-    this.allSessions = [];
-    this.pool = undefined;
-    this.syncSession = undefined;
-    this.holderSession = undefined;
-    this.handles.clear();
-    this.working.clear(); // closing the holder session destroyed the copies
+    this.conn.closeSessions();
+    this.index.clear();
+    this.copies.clear(); // closing the holder session destroyed the copies
   }
 
   close(): void {
     this.closeSessions();
-    this.down = 'closed';
+    this.conn.down = 'closed';
   }
 
   /** Final shutdown: also stops the signing threads. */
@@ -162,7 +124,7 @@ export class RegionToken {
 
   /** An operation is in flight off the main thread (the library must not be re-initialised now). */
   get busy(): boolean {
-    return (this.pool?.busy ?? 0) > 0 || (this.signer?.inFlight ?? 0) > 0;
+    return this.conn.poolBusy > 0 || (this.signer?.inFlight ?? 0) > 0;
   }
 
   /**
@@ -171,7 +133,7 @@ export class RegionToken {
    * flight while this (JS-thread) code runs.
    */
   async drain(reason: string, timeoutMs = 5000): Promise<void> {
-    this.down = reason;
+    this.conn.down = reason;
     const until = Date.now() + timeoutMs;
     while (this.busy && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
   }
@@ -180,189 +142,51 @@ export class RegionToken {
   private fail(e: unknown, what: string): never {
     const err = toTokenError(e, what);
     if (err.kind === 'unavailable') {
-      this.down = err.message;
-      this.handles.clear();
-      this.working.clear();
+      this.conn.down = err.message;
+      this.index.clear();
+      this.copies.clear();
     }
     throw err;
   }
 
-  /**
-   * Replaces a session whose operation a failed call left active (SoftHSM2 does so on
-   * CKR_ARGUMENTS_BAD; later calls then get CKR_OPERATION_ACTIVE). Only for those two codes:
-   * closing a session also destroys the session objects it created (probe pairs, BYOK
-   * ephemeral keys), so a session is never recycled for ordinary failures.
-   */
-  private renewSession = (old: pkcs11js.Handle, error: unknown): pkcs11js.Handle => {
-    const ckr = toTokenError(error, 'renew').ckr;
-    if (ckr !== 0x7 && ckr !== 0x90) return old;
-    const p11 = this.lib!.p11;
-    try {
-      p11.C_CloseSession(old);
-    } catch {
-      /* already gone */
-    }
-    try {
-      const fresh = p11.C_OpenSession(this.slot!, SESSION_FLAGS);
-      this.allSessions = this.allSessions.map((h) => (h.equals(old) ? fresh : h));
-      return fresh;
-    } catch {
-      return old; // the token itself is failing; the unavailable path takes over
-    }
-  };
-
   private get p11(): pkcs11js.PKCS11 {
-    if (this.down !== undefined || !this.lib) throw new TokenError('unavailable', 0xe0, this.down ?? 'not connected');
-    return this.lib.p11;
+    return this.conn.p11;
   }
 
-  private scanObjects(): void {
-    const p11 = this.lib!.p11;
-    const s = this.syncSession!;
-    p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_TOKEN, value: true }]);
-    const found: pkcs11js.Handle[] = [];
-    for (;;) {
-      const batch = p11.C_FindObjects(s, 1000);
-      if (!batch.length) break;
-      found.push(...batch);
-    }
-    p11.C_FindObjectsFinal(s);
-    this.unreadable = 0;
-    for (const h of found) {
-      let attrs;
-      try {
-        attrs = p11.C_GetAttributeValue(s, h, [{ type: CKA_CLASS }, { type: CKA_ID }]);
-      } catch {
-        // An object the token cannot read back (seen after a kill -9 mid-write): skip, count, go on.
-        this.unreadable++;
-        continue;
-      }
-      const [cls, id] = attrs;
-      if (!id?.value || !(id.value as Buffer).length) continue;
-      const c = (cls!.value as Buffer).readUInt32LE(0);
-      this.handles.set(cacheKey(c, id.value as Buffer), h);
-    }
-  }
+  // ---- the object index ----------------------------------------------------------------------
 
   /** Every CKA_ID on the token that starts with `prefix` (used by reconciliation). */
   listObjectIds(prefix: Buffer): Buffer[] {
-    const ids = new Map<string, Buffer>();
-    for (const k of this.handles.keys()) {
-      const id = Buffer.from(k.slice(k.indexOf(':') + 1), 'hex');
-      if (id.subarray(0, prefix.length).equals(prefix)) ids.set(id.toString('hex'), id);
-    }
-    return [...ids.values()];
+    return this.index.listObjectIds(prefix);
   }
 
   get objectCount(): number {
-    return this.handles.size;
+    return this.index.size;
   }
 
   /** Handle of the object with this CKA_ID and class: cache first, one C_FindObjects on a miss. */
   handle(ckaId: Buffer, cls: ObjectClass): pkcs11js.Handle {
-    const key = cacheKey(CLASS_VALUE[cls], ckaId);
-    const cached = this.handles.get(key);
-    if (cached) return cached;
-    const found = this.find(ckaId, cls);
-    if (!found) {
-      // Callers only look up objects SQLite says exist. SoftHSM2 2.6.1 can miss an object another
-      // process created at the same moment as one of its own writes (both bump the generation
-      // counter; this process never sees the counter move, so it never re-reads the token
-      // directory). Only re-initialising the library re-reads it: ask the registry to do so.
-      // Until one re-read has happened since the first miss; an object still missing after that
-      // is really gone and must not make every later request re-initialise the library.
-      const firstMissAt = this.missing.get(key);
-      if (firstMissAt === undefined || firstMissAt === this.connections) {
-        if (firstMissAt === undefined) {
-          if (this.missing.size > 10_000) this.missing.clear();
-          this.missing.set(key, this.connections);
-        }
-        this.onMissingObject?.();
-      }
-      throw new TokenError('staleHandle', 0x82, `no ${cls} object with CKA_ID ${ckaId.toString()} visible on the token`);
-    }
-    this.handles.set(key, found);
-    return found;
+    return this.index.handle(ckaId, cls);
   }
 
-  private find(ckaId: Buffer, cls: ObjectClass): pkcs11js.Handle | undefined {
-    const p11 = this.p11;
-    // Token objects only: a working copy carries the same CKA_ID and class.
-    const template = [
-      { type: CKA_CLASS, value: CLASS_VALUE[cls] },
-      { type: CKA_ID, value: ckaId },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-    ];
-    try {
-      try {
-        p11.C_FindObjectsInit(this.syncSession!, template);
-      } catch (e) {
-        // A find left open by an earlier failure must not wedge every later lookup.
-        this.syncSession = this.renewSession(this.syncSession!, e);
-        p11.C_FindObjectsInit(this.syncSession, template);
-      }
-      const s = this.syncSession!;
-      try {
-        return p11.C_FindObjects(s, 1)[0];
-      } finally {
-        try {
-          p11.C_FindObjectsFinal(s);
-        } catch {
-          /* nothing to finish */
-        }
-      }
-    } catch (e) {
-      return this.fail(e, 'C_FindObjects');
-    }
-  }
-
-  /** Drops cached handles of this CKA_ID and destroys its working copy, if any. */
+  /** Drops cached handles of this CKA_ID and destroys its working copies, if any. */
   forget(ckaId: Buffer): void {
-    for (const cls of Object.values(CLASS_VALUE)) this.handles.delete(cacheKey(cls, ckaId));
-    this.dropWorkingCopy(cacheKey(CKO_SECRET_KEY, ckaId));
+    this.index.forget(ckaId);
+    this.copies.drop(ckaId);
   }
 
   /** Number of live working copies (metrics and tests). */
   get workingCopies(): number {
-    let n = 0;
-    for (const e of this.working.values()) if (e.copied) n++;
-    return n;
+    return this.copies.count;
   }
 
-  /**
-   * The handle symmetric operations use: the key's working copy, made on first use. A token
-   * that refuses the copy (CKA_COPYABLE false, no C_CopyObject) is operated on directly.
-   */
-  private secretHandle(ckaId: Buffer): pkcs11js.Handle {
-    const key = cacheKey(CKO_SECRET_KEY, ckaId);
-    const known = this.working.get(key);
-    if (known) return known.handle;
-    const original = this.handle(ckaId, 'secret');
-    const cap = this.settings.workingCopies ?? 0;
-    if (cap <= 0) return original;
-    let entry: { handle: pkcs11js.Handle; copied: boolean };
-    try {
-      entry = { handle: this.p11.C_CopyObject(this.holderSession!, original, [{ type: pkcs11js.CKA_TOKEN, value: false }]), copied: true };
-    } catch (e) {
-      const err = toTokenError(e, 'C_CopyObject');
-      if (err.kind === 'staleHandle' || err.kind === 'unavailable') throw err;
-      entry = { handle: original, copied: false }; // not copyable: remembered, so the copy is not retried per request
-    }
-    if (this.working.size >= cap) this.dropWorkingCopy(this.working.keys().next().value!);
-    this.working.set(key, entry);
-    return entry.handle;
+  /** See ObjectIndex.exists: a miss not yet followed by an index re-read throws a waitable TokenError. */
+  exists(ckaId: Buffer, cls: ObjectClass): boolean {
+    return this.index.exists(ckaId, cls);
   }
 
-  private dropWorkingCopy(key: string): void {
-    const entry = this.working.get(key);
-    if (entry === undefined) return;
-    this.working.delete(key);
-    if (!entry.copied || !this.lib || this.down !== undefined) return; // a token object is never destroyed here
-    try {
-      this.lib.p11.C_DestroyObject(this.holderSession!, entry.handle);
-    } catch {
-      /* already gone with its session */
-    }
+  cacheHandle(ckaId: Buffer, cls: ObjectClass, h: pkcs11js.Handle): void {
+    this.index.set(ckaId, cls, h);
   }
 
   /**
@@ -370,12 +194,12 @@ export class RegionToken {
    * destroyed and re-created by another process) it re-resolves once.
    */
   private withHandle<T>(ckaId: Buffer, cls: ObjectClass, what: string, fn: (h: pkcs11js.Handle) => T): T {
-    return this.onHandle(ckaId, what, () => this.handle(ckaId, cls), fn);
+    return this.onHandle(ckaId, what, () => this.index.handle(ckaId, cls), fn);
   }
 
   /** The same on a secret key's working copy: the symmetric operations. */
   private withWorkingCopy<T>(ckaId: Buffer, what: string, fn: (h: pkcs11js.Handle) => T): T {
-    return this.onHandle(ckaId, what, () => this.secretHandle(ckaId), fn);
+    return this.onHandle(ckaId, what, () => this.copies.handle(ckaId, 'secret'), fn);
   }
 
   private onHandle<T>(ckaId: Buffer, what: string, resolve: () => pkcs11js.Handle, fn: (h: pkcs11js.Handle) => T): T {
@@ -383,8 +207,8 @@ export class RegionToken {
       return fn(resolve());
     } catch (e) {
       const err = toTokenError(e, what);
-      if (this.syncSession) this.syncSession = this.renewSession(this.syncSession, err);
-      if (err.kind !== 'staleHandle') return this.fail(err, what);
+      this.conn.renewSyncSession(err);
+      if (err.kind !== 'staleHandle' || err.rereading) return this.fail(err, what);
       this.forget(ckaId);
       try {
         return fn(resolve());
@@ -394,25 +218,28 @@ export class RegionToken {
     }
   }
 
+  /** An async operation on a pooled session with the object's handle (`working`: its working copy). */
   private async withSessionAndHandle<T>(
     ckaId: Buffer,
     cls: ObjectClass,
     what: string,
     fn: (p11: pkcs11js.PKCS11, s: pkcs11js.Handle, h: pkcs11js.Handle) => Promise<T>,
+    working = false,
   ): Promise<T> {
     const p11 = this.p11;
     const started = performance.now();
+    const resolve = () => (working ? this.copies.handle(ckaId, cls) : this.index.handle(ckaId, cls));
     try {
-      return await this.pool!.use(async (s) => {
+      return await this.conn.pool!.use(async (s) => {
         try {
-          return await fn(p11, s, this.handle(ckaId, cls));
+          return await fn(p11, s, resolve());
         } catch (e) {
           const err = toTokenError(e, what);
-          if (err.kind !== 'staleHandle') throw err;
+          if (err.kind !== 'staleHandle' || err.rereading) throw err;
           this.forget(ckaId);
-          return await fn(p11, s, this.handle(ckaId, cls));
+          return await fn(p11, s, resolve());
         }
-      }, this.renewSession);
+      }, this.conn.renewSession);
     } catch (e) {
       return this.fail(e, what);
     } finally {
@@ -424,7 +251,7 @@ export class RegionToken {
     const p11 = this.p11;
     const started = performance.now();
     try {
-      return await this.pool!.use((s) => fn(p11, s));
+      return await this.conn.pool!.use((s) => fn(p11, s));
     } catch (e) {
       return this.fail(e, what);
     } finally {
@@ -434,11 +261,16 @@ export class RegionToken {
 
   // ---- key generation -------------------------------------------------------------------
 
+  /**
+   * Creates a key in the token. A token whose mechanism list lacks what the key needs (see
+   * `mechanismsFor`) is refused with TokenError 'unsupported' (400 UnsupportedOperation) naming it.
+   */
   async generate(spec: TokenKeySpec, o: ObjectOptions): Promise<void> {
+    this.requireMechanisms(spec);
     if (spec.kind === 'aes' || spec.kind === 'hmac' || spec.kind === 'chacha20') {
       const { mechanism, template } = secretKeyTemplate(spec, o);
       const h = await this.retryTransient(o, () => this.withSession('generate', (p11, s) => p11.C_GenerateKeyAsync(s, { mechanism }, template)));
-      if (o.token !== false) this.handles.set(cacheKey(CKO_SECRET_KEY, o.ckaId), h);
+      if (o.token !== false) this.index.set(o.ckaId, 'secret', h);
       return;
     }
     const t = keyPairTemplate(spec, o);
@@ -446,9 +278,21 @@ export class RegionToken {
       this.withSession('generate', (p11, s) => p11.C_GenerateKeyPairAsync(s, { mechanism: t.mechanism }, t.publicTemplate, t.privateTemplate)),
     );
     if (o.token !== false) {
-      this.handles.set(cacheKey(CKO_PRIVATE_KEY, o.ckaId), pair.privateKey);
-      this.handles.set(cacheKey(CKO_PUBLIC_KEY, o.ckaId), pair.publicKey);
+      this.index.set(o.ckaId, 'private', pair.privateKey);
+      this.index.set(o.ckaId, 'public', pair.publicKey);
     }
+  }
+
+  private requireMechanisms(spec: TokenKeySpec): void {
+    const offered = this.conn.mechanisms;
+    if (!offered.size) return; // not connected: the operation itself answers 503
+    const missing = mechanismsFor(spec).filter((m) => !offered.has(m.mechanism));
+    if (missing.length)
+      throw new TokenError(
+        'unsupported',
+        0x70,
+        `the token of region ${this.settings.region} does not offer ${missing.map((m) => m.name).join(' and ')}, which ${spec.kind} keys need`,
+      );
   }
 
   /**
@@ -473,8 +317,8 @@ export class RegionToken {
   async generateKeyPairRaw(mechanism: number, pub: pkcs11js.Template, priv: pkcs11js.Template, ckaId?: Buffer) {
     const pair = await this.withSession('generate', (p11, s) => p11.C_GenerateKeyPairAsync(s, { mechanism }, pub, priv));
     if (ckaId) {
-      this.handles.set(cacheKey(CKO_PRIVATE_KEY, ckaId), pair.privateKey);
-      this.handles.set(cacheKey(CKO_PUBLIC_KEY, ckaId), pair.publicKey);
+      this.index.set(ckaId, 'private', pair.privateKey);
+      this.index.set(ckaId, 'public', pair.publicKey);
     }
     return pair;
   }
@@ -483,12 +327,12 @@ export class RegionToken {
   async destroy(ckaId: Buffer): Promise<number> {
     let n = 0;
     this.forget(ckaId);
-    for (const cls of Object.keys(CLASS_VALUE) as ObjectClass[]) {
+    for (const cls of ['secret', 'private', 'public'] as ObjectClass[]) {
       for (;;) {
-        const h = this.find(ckaId, cls);
+        const h = this.index.find(ckaId, cls);
         if (!h) break;
         try {
-          this.p11.C_DestroyObject(this.syncSession!, h);
+          this.p11.C_DestroyObject(this.conn.syncSession!, h);
           n++;
         } catch (e) {
           const err = toTokenError(e, 'C_DestroyObject');
@@ -501,16 +345,11 @@ export class RegionToken {
 
   destroyHandle(h: pkcs11js.Handle): void {
     try {
-      this.p11.C_DestroyObject(this.syncSession!, h);
+      this.p11.C_DestroyObject(this.conn.syncSession!, h);
     } catch (e) {
       const err = toTokenError(e, 'C_DestroyObject');
       if (err.kind !== 'staleHandle') this.fail(err, 'C_DestroyObject');
     }
-  }
-
-  exists(ckaId: Buffer, cls: ObjectClass): boolean {
-    this.handles.delete(cacheKey(CLASS_VALUE[cls], ckaId));
-    return this.find(ckaId, cls) !== undefined;
   }
 
   // ---- symmetric (synchronous: cheaper than the thread-pool hop) --------------------------
@@ -519,7 +358,7 @@ export class RegionToken {
     const started = performance.now();
     const out = this.withWorkingCopy(ckaId, 'encrypt', (h) => {
       const p11 = this.p11;
-      const s = this.syncSession!;
+      const s = this.conn.syncSession!;
       p11.C_EncryptInit(s, gcm(iv, aad), h);
       return p11.C_Encrypt(s, input(plaintext), Buffer.allocUnsafe(plaintext.length + 16));
     });
@@ -532,7 +371,7 @@ export class RegionToken {
     const started = performance.now();
     const out = this.withWorkingCopy(ckaId, 'encrypt', (h) => {
       const p11 = this.p11;
-      const s = this.syncSession!;
+      const s = this.conn.syncSession!;
       return items.map((i) => {
         p11.C_EncryptInit(s, gcm(i.iv, i.aad), h);
         return p11.C_Encrypt(s, input(i.plaintext), Buffer.allocUnsafe(i.plaintext.length + 16));
@@ -548,7 +387,7 @@ export class RegionToken {
     try {
       return this.withWorkingCopy(ckaId, 'decrypt', (h) => {
         const p11 = this.p11;
-        const s = this.syncSession!;
+        const s = this.conn.syncSession!;
         p11.C_DecryptInit(s, gcm(iv, aad), h);
         return p11.C_Decrypt(s, input(ctAndTag), Buffer.allocUnsafe(ctAndTag.length));
       });
@@ -565,7 +404,7 @@ export class RegionToken {
     const started = performance.now();
     const out = this.withWorkingCopy(ckaId, 'hmac', (h) => {
       const p11 = this.p11;
-      const s = this.syncSession!;
+      const s = this.conn.syncSession!;
       p11.C_SignInit(s, { mechanism }, h);
       return p11.C_Sign(s, input(data), Buffer.allocUnsafe(64));
     });
@@ -576,7 +415,7 @@ export class RegionToken {
   /** Random bytes from the token's RNG (data keys). */
   random(bytes: number): Buffer {
     try {
-      return this.p11.C_GenerateRandom(this.syncSession!, Buffer.alloc(bytes));
+      return this.p11.C_GenerateRandom(this.conn.syncSession!, Buffer.alloc(bytes));
     } catch (e) {
       return this.fail(e, 'C_GenerateRandom');
     }
@@ -584,25 +423,45 @@ export class RegionToken {
 
   // ---- asymmetric (async) -----------------------------------------------------------------
 
+  /**
+   * Signs with the private key's working copy: SoftHSM2 re-reads a token object's file on every
+   * C_SignInit, a session copy it does not (the same reason as for the symmetric keys). The
+   * copy lives in the holder session; the signing threads' own sessions use it too (session
+   * objects belong to the process, not to one session).
+   */
   sign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
     if (this.signer?.usable) return this.signOnThreads(ckaId, mechanism, data);
-    return this.withSessionAndHandle(ckaId, 'private', 'sign', (p11, s, h) => {
-      p11.C_SignInit(s, mechanism, h);
-      return p11.C_SignAsync(s, input(data), Buffer.allocUnsafe(1024));
-    });
+    return this.withSessionAndHandle(
+      ckaId,
+      'private',
+      'sign',
+      (p11, s, h) => {
+        p11.C_SignInit(s, mechanism, h);
+        return p11.C_SignAsync(s, input(data), Buffer.allocUnsafe(1024));
+      },
+      true,
+    );
   }
 
   private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
     void this.p11; // throws 503 while the region is down
     const started = performance.now();
-    const attempt = () => this.signer!.sign(this.connections, this.slot!, this.handle(ckaId, 'private'), mechanism, data);
+    const generation = this.conn.generation;
+    const attempt = () => this.signer!.sign(generation, this.conn.slot!, this.copies.handle(ckaId, 'private'), mechanism, data);
     try {
       try {
         return await attempt();
       } catch (e) {
         if (!this.signer!.usable) return await this.sign(ckaId, mechanism, data); // a thread died: the async path
         const err = toTokenError(e, 'sign');
-        if (err.kind !== 'staleHandle') throw err;
+        if (err.ckr === 0x190 && this.available && generation === this.conn.generation) {
+          // CKR_CRYPTOKI_NOT_INITIALIZED in a thread while this one has the library initialised: the
+          // module gives each loader its own instance (p11-kit-client.so opens a connection per
+          // C_GetFunctionList), so the threads cannot share this process's login and handles.
+          this.signer!.disable();
+          return await this.sign(ckaId, mechanism, data);
+        }
+        if (err.kind !== 'staleHandle' || err.rereading) throw err;
         this.forget(ckaId);
         return await attempt();
       }
@@ -646,16 +505,16 @@ export class RegionToken {
   readPublicKeyByHandle(h: pkcs11js.Handle): PublicKeyAttrs {
     {
       const p11 = this.p11;
-      const [kt] = p11.C_GetAttributeValue(this.syncSession!, h, [{ type: pkcs11js.CKA_KEY_TYPE }]);
+      const [kt] = p11.C_GetAttributeValue(this.conn.syncSession!, h, [{ type: pkcs11js.CKA_KEY_TYPE }]);
       const keyType = (kt!.value as Buffer).readUInt32LE(0);
       if (keyType === pkcs11js.CKK_RSA) {
-        const [m, e] = p11.C_GetAttributeValue(this.syncSession!, h, [
+        const [m, e] = p11.C_GetAttributeValue(this.conn.syncSession!, h, [
           { type: pkcs11js.CKA_MODULUS },
           { type: pkcs11js.CKA_PUBLIC_EXPONENT },
         ]);
         return { kind: 'rsa', modulus: m!.value as Buffer, publicExponent: e!.value as Buffer };
       }
-      const [p, q] = p11.C_GetAttributeValue(this.syncSession!, h, [
+      const [p, q] = p11.C_GetAttributeValue(this.conn.syncSession!, h, [
         { type: pkcs11js.CKA_EC_PARAMS },
         { type: pkcs11js.CKA_EC_POINT },
       ]);
@@ -686,7 +545,7 @@ export class RegionToken {
   /** Creates an object from attributes (public keys of callers, for wrapping on export). */
   createObject(template: pkcs11js.Template): pkcs11js.Handle {
     try {
-      return this.p11.C_CreateObject(this.syncSession!, template);
+      return this.p11.C_CreateObject(this.conn.syncSession!, template);
     } catch (e) {
       return this.fail(e, 'C_CreateObject');
     }
@@ -706,7 +565,7 @@ export class RegionToken {
   readAttributesByHandle(h: pkcs11js.Handle, types: number[]): Map<number, Buffer> {
     try {
       const attrs = this.p11.C_GetAttributeValue(
-        this.syncSession!,
+        this.conn.syncSession!,
         h,
         types.map((type) => ({ type })),
       );
@@ -714,10 +573,6 @@ export class RegionToken {
     } catch (e) {
       return this.fail(e, 'C_GetAttributeValue');
     }
-  }
-
-  cacheHandle(ckaId: Buffer, cls: ObjectClass, h: pkcs11js.Handle): void {
-    this.handles.set(cacheKey(CLASS_VALUE[cls], ckaId), h);
   }
 
   // ---- capabilities ---------------------------------------------------------------------------
@@ -733,10 +588,6 @@ export class RegionToken {
   }
 }
 
-
-function cacheKey(cls: number, ckaId: Buffer): string {
-  return `${cls}:${ckaId.toString('hex')}`;
-}
 
 function gcm(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
   return {

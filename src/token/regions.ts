@@ -3,6 +3,7 @@ import { notFound, regionUnavailable } from '../errors.js';
 import { probeOaepHashes } from './probe.js';
 import { Pkcs11Library } from './module.js';
 import { RegionToken } from './region-token.js';
+import { awaitingReread } from './reread.js';
 import type { HashName } from './constants.js';
 
 /**
@@ -10,10 +11,18 @@ import type { HashName } from './constants.js';
  * with CKR_DEVICE_* is marked unavailable (503) and reconnected in the background; the process
  * and the other regions carry on.
  */
+/** How long start-up waits for a token's object index before serving without it (ms). */
+const INDEX_WAIT_AT_START_MS = 250;
+
+/** Least time between two object-index re-reads of one library (ms). */
+const REREAD_SPACING_MS = 200;
+
 export class RegionRegistry {
   private timer?: NodeJS.Timeout;
+  /** Per library path: the object-index re-read that has not re-initialised the library yet. */
   private readonly refreshing = new Map<string, Promise<void>>();
-  private readonly lastRefresh = new Map<string, number>();
+  /** Per library path: when the last re-read ended and how long it took (ms). */
+  private readonly lastRefresh = new Map<string, { at: number; took: number }>();
   private readonly probes = new Map<string, Promise<HashName[]>>();
   private readonly lastProbe = new Map<string, number>();
 
@@ -23,25 +32,38 @@ export class RegionRegistry {
     private readonly onConnected: (region: string) => Promise<void> = async () => {},
   ) {}
 
-  /** Connects every token once; failures are logged and left to the retry loop. */
+  /**
+   * Connects every token once; failures are logged and left to the retry loop. The object
+   * indexes are built in the background: a large token (20,000 objects: seconds) does not hold
+   * up readiness; requests for an object not indexed yet wait for it.
+   */
   async connectAll(): Promise<void> {
     for (const t of this.tokens.values()) t.onMissingObject = () => this.refreshObjectIndex(t.settings.modulePath);
-    for (const name of this.tokens.keys()) await this.tryConnect(name);
+    for (const name of this.tokens.keys()) await this.tryConnect(name, false, true);
   }
 
-  private async tryConnect(name: string, retry = false): Promise<boolean> {
+  private async tryConnect(name: string, retry = false, background = false): Promise<boolean> {
     const t = this.tokens.get(name)!;
     try {
       if (retry) this.reinitializeIfIdle(t);
-      t.connect();
+      t.connect({ background });
     } catch (e) {
       this.log.warn('region token unavailable', { region: name, reason: (e as Error).message });
       return false;
     }
-    this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
     // Off the start-up path: an RSA key pair generation and a few trial unwraps.
     this.probes.set(name, this.probe(name));
-    await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
+    const connected = async () => {
+      this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
+      await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
+    };
+    // The post-connect steps (reconciliation reads the whole index) follow the index: awaited
+    // when it is quickly built (a small token: as before), else in the background.
+    let timer: NodeJS.Timeout | undefined;
+    const built = await Promise.race([t.indexed.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), INDEX_WAIT_AT_START_MS)))]);
+    clearTimeout(timer);
+    if (built) await connected();
+    else void t.indexed.then(connected);
     return true;
   }
 
@@ -94,29 +116,52 @@ export class RegionRegistry {
 
   /**
    * Re-reads the token's objects by re-initialising its library (the only way SoftHSM2 picks up
-   * objects it missed; see RegionToken.handle). Single-flight per library and at most once a second;
-   * the regions on that library answer 503 for the few milliseconds it takes.
+   * objects it missed; see RegionToken.handle) and resolves when that is done. Single-flight per
+   * library: every miss until the library is re-initialised joins the same re-read. Re-reads are
+   * spaced by at least REREAD_SPACING_MS and twice the last one's duration (on a large token
+   * a re-read holds the event loop for a second or more), so a flood of misses cannot keep the
+   * region in re-reads. Requests wait for it (`throughReread`, bounded), none is refused.
    */
-  refreshObjectIndex(modulePath: string): void {
-    if (this.refreshing.has(modulePath) || Date.now() - (this.lastRefresh.get(modulePath) ?? 0) < 1000) return;
+  refreshObjectIndex(modulePath: string): Promise<void> {
+    const pending = this.refreshing.get(modulePath);
+    if (pending) return pending;
     const lib = Pkcs11Library.get(modulePath);
-    if (!lib) return;
+    if (!lib) return Promise.resolve();
+    const last = this.lastRefresh.get(modulePath);
+    const delay = last ? Math.max(0, last.at + Math.max(REREAD_SPACING_MS, 2 * last.took) - Date.now()) : 0;
+    const onLibrary = [...this.tokens.values()].filter((t) => t.settings.modulePath === modulePath);
     const run = (async () => {
-      const siblings = [...this.tokens.values()].filter((t) => t.settings.modulePath === modulePath && t.available);
+      if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+      const siblings = onLibrary.filter((t) => t.available);
       await Promise.all(siblings.map((t) => t.drain('re-reading the token object index')));
-      lib.reinitialize();
-      for (const t of siblings)
-        try {
-          t.connect();
-        } catch (e) {
-          this.log.warn('region token unavailable after object index refresh', { region: t.settings.region, reason: (e as Error).message });
-        }
-      this.log.warn('re-initialised the PKCS#11 library to see objects another process created', { modulePath });
-    })().finally(() => {
-      this.lastRefresh.set(modulePath, Date.now());
-      this.refreshing.delete(modulePath);
-    });
+      const started = Date.now();
+      try {
+        lib.reinitialize();
+        for (const t of siblings)
+          try {
+            // the index is rebuilt in slices: other keys are served meanwhile, misses wait for it
+            t.connect({ background: true });
+          } catch (e) {
+            this.log.warn('region token unavailable after object index refresh', { region: t.settings.region, reason: (e as Error).message });
+          }
+      } catch (e) {
+        // the regions stay down; the retry loop reconnects them (never a rejected promise: callers only wait on it)
+        this.log.error('re-initialising the PKCS#11 library failed', { modulePath, reason: (e as Error).message });
+      } finally {
+        // In the same synchronous step as the re-initialisation: a miss seen after it needs a new re-read.
+        this.lastRefresh.set(modulePath, { at: Date.now(), took: Date.now() - started });
+        this.refreshing.delete(modulePath);
+      }
+      this.log.warn('re-initialised the PKCS#11 library to see objects another process created', { modulePath, ms: Date.now() - started });
+    })();
     this.refreshing.set(modulePath, run);
+    for (const t of onLibrary) {
+      t.rereading = run;
+      void run.finally(() => {
+        if (t.rereading === run) t.rereading = undefined;
+      });
+    }
+    return run;
   }
 
   startRetry(intervalMs = 5000): void {
@@ -139,7 +184,8 @@ export class RegionRegistry {
   require(region: string): RegionToken {
     const t = this.tokens.get(region);
     if (!t) throw notFound(`region ${region} not found`);
-    if (!t.available) throw regionUnavailable(region, t.unavailableReason ?? 'token not usable');
+    // While the object index is re-read the 503 says so, and callers inside a request wait for it (throughReread).
+    if (!t.available) throw awaitingReread(regionUnavailable(region, t.unavailableReason ?? 'token not usable'), t.rereading);
     return t;
   }
 }

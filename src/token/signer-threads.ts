@@ -140,6 +140,11 @@ export class SignerThreads {
     this.waiting.clear();
   }
 
+  /** Stops using the threads (callers take the async path from now on). */
+  disable(): void {
+    this.broken = true;
+  }
+
   async close(): Promise<void> {
     this.broken = true;
     await Promise.all(this.workers.map((w) => w.worker.terminate()));

@@ -1,5 +1,5 @@
 import pkcs11js from 'pkcs11js';
-import { CKK_CHACHA20, CKK_EC_EDWARDS, CKM_CHACHA20_KEY_GEN, CKM_EC_EDWARDS_KEY_PAIR_GEN, CURVE_OIDS, type CurveName } from './constants.js';
+import { CKK_CHACHA20, CKK_EC_EDWARDS, CKM_CHACHA20_KEY_GEN, CKM_CHACHA20_POLY1305, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKM_EDDSA, CURVE_OIDS, type CurveName } from './constants.js';
 
 /** What the token layer needs to know to create a key; the contract's key types map onto these in keys/. */
 export type TokenKeySpec =
@@ -187,4 +187,39 @@ export function unwrapKeyPairTemplate(bits: number, o: ObjectOptions) {
       { type: pkcs11js.CKA_SIGN, value: false },
     ],
   };
+}
+
+/**
+ * The mechanisms a key of this spec needs from the token, by name: the generation and the
+ * operation kmsd runs with it (checked against the token's mechanism list before creating a key,
+ * so a region whose token lacks them — e.g. AES-GCM through p11-kit 0.24 — refuses the key type
+ * instead of creating a key it cannot use).
+ */
+export function mechanismsFor(spec: TokenKeySpec): { mechanism: number; name: string }[] {
+  switch (spec.kind) {
+    case 'aes':
+      return [
+        { mechanism: pkcs11js.CKM_AES_KEY_GEN, name: 'CKM_AES_KEY_GEN' },
+        { mechanism: pkcs11js.CKM_AES_GCM, name: 'CKM_AES_GCM' },
+      ];
+    case 'chacha20':
+      return [
+        { mechanism: CKM_CHACHA20_KEY_GEN, name: 'CKM_CHACHA20_KEY_GEN' },
+        { mechanism: CKM_CHACHA20_POLY1305, name: 'CKM_CHACHA20_POLY1305' },
+      ];
+    case 'hmac':
+      return [{ mechanism: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN, name: 'CKM_GENERIC_SECRET_KEY_GEN' }];
+    case 'ec':
+      return [
+        { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN, name: 'CKM_EC_KEY_PAIR_GEN' },
+        { mechanism: pkcs11js.CKM_ECDSA, name: 'CKM_ECDSA' },
+      ];
+    case 'ed25519':
+      return [
+        { mechanism: CKM_EC_EDWARDS_KEY_PAIR_GEN, name: 'CKM_EC_EDWARDS_KEY_PAIR_GEN' },
+        { mechanism: CKM_EDDSA, name: 'CKM_EDDSA' },
+      ];
+    case 'rsa':
+      return [{ mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, name: 'CKM_RSA_PKCS_KEY_PAIR_GEN' }];
+  }
 }

@@ -5,6 +5,7 @@ import { jsonText } from '../api/wire.js';
 import type { AuditOutcome } from '../audit/audit-log.js';
 import { errorBody, toXksError, XksError } from './errors.js';
 import type { Keystore } from './keystores.js';
+import { throughReread } from '../token/reread.js';
 import { XksOperations, type AuditNote } from './operations.js';
 import { matchRoute, type XksRoute } from './routes.js';
 import { auditedMetadata, parseJson, validateBody } from './schemas.js';
@@ -115,7 +116,9 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       principal = `xks:${accessKeyId}`;
       const body = parseJson(raw);
       xks = auditedMetadata(body);
-      const reply = await run(route, ks, body, note);
+      const keystore = ks;
+      // A token re-reading its object index (an object another process just made) is waited for.
+      const reply = await throughReread(() => run(route, keystore, body, note));
       await auditAs(ks, 'success', xks ? { xks } : null);
       send(res, 200, reply, requestId);
     } catch (e) {

@@ -26,6 +26,8 @@ export interface StackOptions {
   config?: Record<string, unknown>;
   /** create these token labels (default: one per region) */
   tokens?: string[];
+  /** extra environment for the daemons (e.g. P11_KIT_SERVER_ADDRESS) */
+  env?: Record<string, string>;
 }
 
 /** A throwaway token dir (SoftHSM2), data dir and config; daemons started on it share them. */
@@ -97,7 +99,7 @@ export class TestStack {
   }
 
   get env(): NodeJS.ProcessEnv {
-    return { ...process.env, SOFTHSM2_CONF: this.softhsmConf, KMSD_TEST_PIN: PIN };
+    return { ...process.env, SOFTHSM2_CONF: this.softhsmConf, KMSD_TEST_PIN: PIN, ...this.opts.env };
   }
 
   token(name = 'admin'): string {

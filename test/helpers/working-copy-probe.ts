@@ -28,6 +28,14 @@ export interface WorkingCopyReport {
   afterDestroy: { copies: number; sessionObjectsA: number; tokenObjectsA: number };
   /** with workingCopies 0: operations use the token object, no copy */
   disabled: { copies: number; sessionObjects: number };
+  /** private signing keys (Ed25519, ECDSA P-256), async path and signing threads */
+  signing: {
+    /** per key type: session copies of its private key after signing, their attributes, and whether the signature verifies */
+    async: Record<string, { sessionCopies: number; attrs: { token: boolean; sensitive: boolean; extractable: boolean }; verifies: boolean }>;
+    threads: Record<string, { sessionCopies: number; verifies: boolean }>;
+    /** after the keys were destroyed: their private session copies */
+    afterDestroy: number;
+  };
   /** a key made with CKA_COPYABLE false: used directly, and forgetting it never destroys it */
   notCopyable: { encrypts: boolean; copies: number; sessionObjects: number; tokenObjectsAfterForget: number; encryptsAfterForget: boolean };
 }
@@ -52,9 +60,9 @@ async function main(label: string, pin: string): Promise<WorkingCopyReport> {
   }
   const slot = p.C_GetSlotList(true).find((s) => p.C_GetTokenInfo(s).label.trim() === label)!;
   const s = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
-  const find = (id: Buffer | undefined, token: boolean) => {
+  const find = (id: Buffer | undefined, token: boolean, cls: number = pkcs11js.CKO_SECRET_KEY) => {
     const template: pkcs11js.Template = [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+      { type: pkcs11js.CKA_CLASS, value: cls },
       { type: pkcs11js.CKA_TOKEN, value: token },
     ];
     if (id) template.push({ type: pkcs11js.CKA_ID, value: id });
@@ -136,6 +144,43 @@ async function main(label: string, pin: string): Promise<WorkingCopyReport> {
   await t.destroy(n);
   t.close();
 
+  // Private signing keys: signed through their working copy, on the async path and on signing threads.
+  const bool2 = (x: pkcs11js.Attribute) => (x.value as Buffer)[0] === 1;
+  const signing: WorkingCopyReport['signing'] = { async: {}, threads: {}, afterDestroy: -1 };
+  const made: Buffer[] = [];
+  for (const [threads, into] of [
+    [0, signing.async],
+    [1, signing.threads],
+  ] as const) {
+    const st = new RegionToken({ ...settings, workingCopies: 4, signerThreads: threads });
+    st.connect();
+    for (const [name, spec, mech] of [
+      ['ed25519', { kind: 'ed25519' } as const, { mechanism: 0x1057 }],
+      ['ecdsa-p256', { kind: 'ec', curve: 'P-256' } as const, { mechanism: pkcs11js.CKM_ECDSA }],
+    ] as const) {
+      const id = Buffer.from(`probe/s${threads}${name}/${randomBytes(4).toString('hex')}`);
+      made.push(id);
+      await st.generate(spec, { ckaId: id, label: 'probe', extractable: false });
+      const data = randomBytes(32);
+      const sig = await st.sign(id, mech, data);
+      await st.sign(id, mech, data); // the second signature reuses the copy
+      const copies = find(id, false, pkcs11js.CKO_PRIVATE_KEY);
+      const verifies = await st.verify(id, mech, data, sig);
+      if (threads === 0) {
+        const [tok, sens, ext] = p.C_GetAttributeValue(s, copies[0]!, [{ type: pkcs11js.CKA_TOKEN }, { type: pkcs11js.CKA_SENSITIVE }, { type: pkcs11js.CKA_EXTRACTABLE }]);
+        (into as WorkingCopyReport['signing']['async'])[name] = {
+          sessionCopies: copies.length,
+          attrs: { token: bool2(tok!), sensitive: bool2(sens!), extractable: bool2(ext!) },
+          verifies,
+        };
+      } else (into as WorkingCopyReport['signing']['threads'])[name] = { sessionCopies: copies.length, verifies };
+    }
+    for (const id of made.splice(0)) await st.destroy(id);
+    signing.afterDestroy = Math.max(signing.afterDestroy, find(undefined, false, pkcs11js.CKO_PRIVATE_KEY).length);
+    await st.shutdown();
+  }
+  report.signing = signing;
+
   const plain = new RegionToken({ ...settings, workingCopies: 0 });
   plain.connect();
   const d = Buffer.from(`probe/d/${randomBytes(4).toString('hex')}`);
@@ -147,11 +192,17 @@ async function main(label: string, pin: string): Promise<WorkingCopyReport> {
   return report as WorkingCopyReport;
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url))
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  // the signing threads are unref'd (a daemon's server keeps it alive): so does this timer here
+  const alive = setInterval(() => {}, 1000);
   main(process.argv[2]!, process.argv[3]!).then(
-    (r) => process.stdout.write(JSON.stringify(r)),
+    (r) => {
+      clearInterval(alive);
+      process.stdout.write(JSON.stringify(r));
+    },
     (e) => {
       process.stderr.write(String((e as Error)?.stack ?? e));
       process.exit(1);
     },
   );
+}

@@ -174,6 +174,15 @@ describe('foundation: config, auth, token layer, store, readiness, shutdown', fu
       expect(r.notCopyable).to.deep.equal({ encrypts: true, copies: 0, sessionObjects: 0, tokenObjectsAfterForget: 1, encryptsAfterForget: true });
     });
 
+    it('private signing keys are used through session working copies too (async path and signing threads)', () => {
+      stack.initToken('probe-signing');
+      const r = probeWorkingCopies(stack, 'probe-signing').signing;
+      const copy = { sessionCopies: 1, attrs: { token: false, sensitive: true, extractable: false }, verifies: true };
+      expect(r.async).to.deep.equal({ ed25519: copy, 'ecdsa-p256': copy });
+      expect(r.threads).to.deep.equal({ ed25519: { sessionCopies: 1, verifies: true }, 'ecdsa-p256': { sessionCopies: 1, verifies: true } });
+      expect(r.afterDestroy).to.equal(0);
+    });
+
     it('migrations are versioned and re-running them applies nothing', async () => {
       const store = await SqliteStore.open(stack.dataDir);
       expect(await store.migrate()).to.equal(0);
