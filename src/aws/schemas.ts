@@ -31,7 +31,7 @@ const encryptionContext = z
       typeof v === 'object' &&
       !Array.isArray(v) &&
       Object.entries(v).every(([k, x]) => k.length >= 1 && k.length <= 8192 && typeof x === 'string' && x.length <= 8192),
-    { message: 'must be an object of strings (keys 1–8192, values ≤ 8192 characters)' },
+    { message: 'must be an object of strings (keys of 1 to 8192 characters, values of at most 8192)' },
   )
   .transform((v) => copyStringMap(v))
   .optional();

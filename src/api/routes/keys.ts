@@ -3,7 +3,7 @@ import { KmsError, validation } from '../../errors.js';
 import { kmsRoute, type ApiRequest } from '../handler.js';
 import { querySchemas, schemas } from '../schemas.js';
 import type { Services } from '../services.js';
-import { parse } from '../validate.js';
+import { parse, parseQuery } from '../validate.js';
 import { keyToWire } from '../wire.js';
 
 const REGIONAL = { regional: true } as const;
@@ -28,10 +28,6 @@ function labelFilter(req: ApiRequest): Map<string, string> | undefined {
     out.set(m[1]!, v);
   }
   return out.size ? out : undefined;
-}
-
-function plainQuery(req: ApiRequest): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(req.query).filter(([k, v]) => !k.startsWith('matchLabels') && typeof v === 'string'));
 }
 
 /** Key management: /v1/kms/{region}/keys… (Thalassa paths) and /v1/kms/summary. */
@@ -65,7 +61,7 @@ export function keyRoutes(s: Services): Router {
     '/v1/kms/:region/keys',
     kmsRoute(s, 'kms.list', REGIONAL, (req, ctx) => {
       ctx.require('read');
-      const q = parse(querySchemas.listKeys, plainQuery(req), 'query');
+      const q = parseQuery(querySchemas.listKeys, req.query);
       if (q.region && q.region !== ctx.region) return { body: [] };
       return { body: s.keys.list(ctx.scope, { ...q, labels: labelFilter(req) }).map(keyToWire) };
     }),
@@ -143,7 +139,7 @@ export function keyRoutes(s: Services): Router {
     '/v1/kms/:region/keys/:id',
     kmsRoute(s, 'kms.delete.scheduled', REGIONAL, async (req, ctx) => {
       const key = ctx.key(String(req.params.id), 'delete');
-      const q = parse(querySchemas.deleteKey, plainQuery(req), 'query');
+      const q = parseQuery(querySchemas.deleteKey, req.query);
       return { body: keyToWire(await s.keys.scheduleDeletion(key, q.pendingWindowInDays ?? 30)) };
     }),
   );

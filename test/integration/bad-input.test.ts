@@ -1,0 +1,131 @@
+import { expect } from 'chai';
+import http from 'node:http';
+import { ORG, TestStack, type Daemon, type Reply } from '../helpers/stack.js';
+import { newAwsCredential, rawAwsCall } from '../helpers/aws.js';
+
+/**
+ * Bad input found by attacking a running daemon as a newcomer would (the README's walkthrough,
+ * then malformed requests on both APIs): each case was a silent misreading or an answer-less
+ * failure before its fix. Every answer must be a clear 4xx with the contract's code.
+ */
+function expectError(r: Reply, status: number, code: string, what = ''): void {
+  expect(r.status, `${what} ${JSON.stringify(r.body)}`).to.equal(status);
+  expect(r.body.code, `${what} ${JSON.stringify(r.body)}`).to.equal(code);
+}
+
+/** A raw request with exactly these headers and body (no Content-Type unless given). */
+function rawCall(d: Daemon, method: string, path: string, body: string | undefined, headers: Record<string, string>): Promise<{ status: number; json: any }> {
+  return new Promise((resolve, reject) => {
+    const h: Record<string, string> = { authorization: `Bearer ${d.stack.token('admin')}`, 'x-organisation-identity': ORG, ...headers };
+    if (body !== undefined) h['content-length'] = String(Buffer.byteLength(body));
+    const req = http.request({ host: '127.0.0.1', port: d.port, method, path, headers: h }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode!, json: text ? JSON.parse(text) : undefined }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+describe('bad input: clear 4xx answers, never a silent misreading', function () {
+  this.timeout(120_000);
+  const SECRET_ENV = 'KMSD_TEST_AWS_SECRET_BAD_INPUT';
+  const admin = newAwsCredential();
+  let stack: TestStack;
+  let d: Daemon;
+
+  before(async () => {
+    stack = await TestStack.create({ name: 'bad-input' });
+    process.env[SECRET_ENV] = admin.secretAccessKey;
+    d = await stack.start({
+      aws: {
+        listen: { host: '127.0.0.1', port: 0 },
+        sigv4Region: 'us-east-1',
+        accountId: '111122223333',
+        credentials: [{ accessKeyId: admin.accessKeyId, secretAccessKeyEnv: SECRET_ENV, principal: 'admin', organisation: ORG, region: 'nl-01' }],
+      },
+    });
+  });
+  after(async () => {
+    await stack.cleanup();
+    delete process.env[SECRET_ENV];
+  });
+
+  describe('native API: a body that is not sent as JSON', () => {
+    it('PATCH …/rotation with a JSON body sent as a form (curl -d without -H) → 400 naming Content-Type; rotation stays enabled', async () => {
+      const key = await d.createKey('bi rotation', 'aes256-gcm96', { keyRotationEnabled: true, rotationPeriodInDays: 30 });
+      const body = JSON.stringify({ keyRotationEnabled: true, rotationPeriodInDays: 60 });
+      for (const type of ['application/x-www-form-urlencoded', 'text/plain', undefined]) {
+        const r = await rawCall(d, 'PATCH', `/v1/kms/nl-01/keys/${key.identity}/rotation`, body, type ? { 'content-type': type } : {});
+        expect(r.status, `${type} ${JSON.stringify(r.json)}`).to.equal(400);
+        expect(r.json.code).to.equal('ValidationError');
+        expect(r.json.message).to.match(/Content-Type/);
+      }
+      const now = await d.get(`/keys/${key.identity}`);
+      expect(now.body).to.include({ keyRotationEnabled: true, rotationPeriodInDays: 30, rotationStatus: 'enabled' });
+    });
+
+    it('POST /keys and encrypt as text/plain → 400 naming Content-Type (not "name: is required")', async () => {
+      const create = await rawCall(d, 'POST', '/v1/kms/nl-01/keys', JSON.stringify({ name: 'bi plain', keyType: 'aes256-gcm96' }), { 'content-type': 'text/plain' });
+      expect(create.status).to.equal(400);
+      expect(create.json.message).to.match(/Content-Type/);
+      const enc = await rawCall(d, 'POST', '/v1/kms/nl-01/keys/default/encrypt', JSON.stringify({ plaintext: 'aGk=' }), { 'content-type': 'text/plain' });
+      expect(enc.status).to.equal(400);
+      expect(enc.json.message).to.match(/Content-Type/);
+    });
+
+    it('requests that need no body still work with no body and no Content-Type', async () => {
+      const key = await d.createKey('bi nobody', 'aes256-gcm96');
+      expect((await rawCall(d, 'POST', `/v1/kms/nl-01/keys/${key.identity}/rotate`, undefined, {})).status).to.equal(200);
+      expect((await rawCall(d, 'POST', `/v1/kms/nl-01/keys/${key.identity}/disable`, '', {})).status).to.equal(200);
+      expect((await rawCall(d, 'POST', `/v1/kms/nl-01/keys/${key.identity}/enable`, undefined, { 'content-type': 'application/x-www-form-urlencoded' })).status).to.equal(200);
+    });
+  });
+
+  describe('native API: a query parameter given twice or in a nested shape is 400, never ignored', () => {
+    it('GET /keys?status=…&status=… and ?identity[x]=… → 400 (not every key, pending deletion included)', async () => {
+      for (const q of ['status=active&status=disabled', 'identity=a&identity=b', 'name[x]=y', 'slug[]=z']) {
+        expectError(await d.get(`/keys?${q}`), 400, 'ValidationError', q);
+      }
+      expect((await d.get('/keys?status=active')).status).to.equal(200);
+    });
+
+    it('DELETE ?pendingWindowInDays=7&pendingWindowInDays=30 → 400 and the key stays active', async () => {
+      const key = await d.createKey('bi delete', 'aes256-gcm96');
+      expectError(await d.del(`/keys/${key.identity}?pendingWindowInDays=7&pendingWindowInDays=30`), 400, 'ValidationError');
+      expectError(await d.del(`/keys/${key.identity}?pendingWindowInDays[]=7`), 400, 'ValidationError');
+      expect((await d.get(`/keys/${key.identity}`)).body.status).to.equal('active');
+    });
+
+    it('public-key ?version=1&version=2 and audit ?limit=1&limit=2 → 400', async () => {
+      const key = await d.createKey('bi ed', 'ed25519');
+      expectError(await d.get(`/keys/${key.identity}/public-key?version=1&version=2`), 400, 'ValidationError');
+      expectError(await d.get('/audit?limit=1&limit=2'), 400, 'ValidationError');
+    });
+  });
+
+  it('a key name whose letters are all outside a-z/0-9 → 400 saying which characters count', async () => {
+    const r = await d.post('/keys', { name: 'ключ', keyType: 'aes256-gcm96' });
+    expectError(r, 400, 'ValidationError');
+    expect(r.body.message).to.match(/a-z/);
+  });
+
+  describe('AWS KMS API', () => {
+    it('a 10 MB body → 413 RequestEntityTooLargeException, answered (not a reset connection)', async () => {
+      const r = await rawAwsCall(d.awsPort!, 'TrentService.Encrypt', { KeyId: 'alias/none', Plaintext: 'A'.repeat(10_000_000) }, { credential: admin });
+      expect(r.status).to.equal(413);
+      expect(r.body.__type).to.equal('RequestEntityTooLargeException');
+      // The listener still serves the next request.
+      expect((await rawAwsCall(d.awsPort!, 'TrentService.ListKeys', {}, { credential: admin })).status).to.equal(200);
+    });
+
+    it('validation messages are readable ASCII (no "?" where the schema had a dash)', async () => {
+      const r = await rawAwsCall(d.awsPort!, 'TrentService.Encrypt', { KeyId: 'alias/none', Plaintext: 'aGk=', EncryptionContext: { '': 'x' } }, { credential: admin });
+      expect(r.status).to.equal(400);
+      expect(r.body.__type).to.equal('ValidationException');
+      expect(r.body.message).to.not.include('?');
+    });
+  });
+});
