@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import http from 'node:http';
+import net from 'node:net';
 import { ORG, TestStack, type Daemon, type Reply } from '../helpers/stack.js';
 import { newAwsCredential, rawAwsCall } from '../helpers/aws.js';
 
@@ -27,6 +28,25 @@ function rawCall(d: Daemon, method: string, path: string, body: string | undefin
     req.on('error', reject);
     req.end(body);
   });
+}
+
+/** Bytes as written on a fresh connection, and everything the server sent back until it closed. */
+function rawSocket(port: number, bytes: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(port, '127.0.0.1', () => c.write(bytes));
+    let got = '';
+    c.setEncoding('latin1');
+    c.on('data', (d) => (got += d));
+    c.on('close', () => resolve(got));
+    c.on('error', reject);
+  });
+}
+
+/** Status, Content-Type and parsed body of a raw HTTP/1.1 reply. */
+function parseReply(raw: string): { status: number; type: string; body: any } {
+  const [head, body] = [raw.slice(0, raw.indexOf('\r\n\r\n')), raw.slice(raw.indexOf('\r\n\r\n') + 4)];
+  const type = /^content-type:\s*(.*)$/im.exec(head)?.[1]?.trim() ?? '';
+  return { status: Number(head.split(' ')[1]), type, body: body ? JSON.parse(body) : undefined };
 }
 
 describe('bad input: clear 4xx answers, never a silent misreading', function () {
@@ -110,6 +130,26 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
     const r = await d.post('/keys', { name: 'ключ', keyType: 'aes256-gcm96' });
     expectError(r, 400, 'ValidationError');
     expect(r.body.message).to.match(/a-z/);
+  });
+
+  describe('requests the HTTP parser refuses get a JSON error, not a body-less 400', () => {
+    for (const [what, bytes] of [
+      ['a control character in a header value', 'GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\u0001b\r\n\r\n'],
+      ['a request line that is not HTTP', 'GARBAGE\r\n\r\n'],
+    ] as const) {
+      it(`main API: ${what} → 400 ValidationError`, async () => {
+        const r = parseReply(await rawSocket(d.port, bytes));
+        expect(r.status).to.equal(400);
+        expect(r.type).to.match(/^application\/json/);
+        expect(r.body.code).to.equal('ValidationError');
+      });
+      it(`AWS KMS API: ${what} → 400 with an AWS error name`, async () => {
+        const r = parseReply(await rawSocket(d.awsPort!, bytes.replace('GET /healthz', 'POST /')));
+        expect(r.status).to.equal(400);
+        expect(r.type).to.equal('application/x-amz-json-1.1');
+        expect(r.body.__type).to.equal('SerializationException');
+      });
+    }
   });
 
   describe('AWS KMS API', () => {
