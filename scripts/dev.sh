@@ -106,7 +106,7 @@ cat >&2 <<MSG
 
 kmsd dev stack: token $HSM_DIR/tokens (label kmsd-nl-01), MongoDB-compatible store $mongo_uri
 API: http://127.0.0.1:$PORT   admin token: $admin_token  (also in $tokfile)
-$aws_msgTry (see the README, "Calling the dev daemon", for the whole walkthrough):
+${aws_msg}Try (see the README, "Calling the dev daemon", for the whole walkthrough):
   T=\$(cat $tokfile)
   H=(-H "Authorization: Bearer \$T" -H "X-Organisation-Identity: org-demo" -H "Content-Type: application/json")
   curl -s "\${H[@]}" -d '{"name":"app-key","keyType":"aes256-gcm96"}' http://127.0.0.1:$PORT/v1/kms/nl-01/keys

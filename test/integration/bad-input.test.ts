@@ -161,6 +161,28 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
       expect((await rawAwsCall(d.awsPort!, 'TrentService.ListKeys', {}, { credential: admin })).status).to.equal(200);
     });
 
+    it('a member of the wrong type is named as such, not as missing ("Member must not be null")', async () => {
+      for (const [op, body, member] of [
+        ['ListKeys', { Limit: '10' }, 'Limit'],
+        ['Encrypt', { KeyId: 'alias/none', Plaintext: 5 }, 'Plaintext'],
+        ['CreateKey', { Tags: {} }, 'Tags'],
+      ] as const) {
+        const r = await rawAwsCall(d.awsPort!, `TrentService.${op}`, body, { credential: admin });
+        expect(r.status).to.equal(400);
+        expect(r.body.__type).to.equal('ValidationException');
+        expect(r.body.message).to.include(`'${member}'`).and.not.include('must not be null');
+      }
+      const absent = await rawAwsCall(d.awsPort!, 'TrentService.Encrypt', { Plaintext: 'aGk=' }, { credential: admin });
+      expect(absent.body.message).to.include("'KeyId'").and.include('must not be null');
+    });
+
+    it('ListKeyRotations IncludeKeyMaterial outside its enum → ValidationException', async () => {
+      const key = await rawAwsCall(d.awsPort!, 'TrentService.CreateKey', {}, { credential: admin });
+      const r = await rawAwsCall(d.awsPort!, 'TrentService.ListKeyRotations', { KeyId: key.body.KeyMetadata.KeyId, IncludeKeyMaterial: 'junk' }, { credential: admin });
+      expect(r.status).to.equal(400);
+      expect(r.body.__type).to.equal('ValidationException');
+    });
+
     it('validation messages are readable ASCII (no "?" where the schema had a dash)', async () => {
       const r = await rawAwsCall(d.awsPort!, 'TrentService.Encrypt', { KeyId: 'alias/none', Plaintext: 'aGk=', EncryptionContext: { '': 'x' } }, { credential: admin });
       expect(r.status).to.equal(400);

@@ -83,7 +83,9 @@ describe('newcomer: npm run dev, the shipped config, test cleanup', function () 
         expect(await listening(mongoPort), 'mongo port open while running').to.equal(true);
         // It used our temp folder, not the developer's data/.
         expect(existsSync(path.join(dir, 'admin.token'))).to.equal(true);
-        // KMSD_AWS_PORT adds the AWS KMS API with the README's access key and a secret in aws.secret.
+        // KMSD_AWS_PORT adds the AWS KMS API with the README's access key and a secret in aws.secret
+        // (its listener opens just after the main one, which may already answer /readyz).
+        await waitFor('the AWS KMS API port to open', () => listening(awsPort), 20_000);
         const credential = { accessKeyId: 'AKIAKMSDEXAMPLE00001', secretAccessKey: readFileSync(path.join(dir, 'aws.secret'), 'utf8') };
         const keys = await rawAwsCall(awsPort, 'TrentService.ListKeys', {}, { credential });
         expect(keys.status, JSON.stringify(keys.body)).to.equal(200);
