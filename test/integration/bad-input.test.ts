@@ -66,6 +66,10 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
         accountId: '111122223333',
         credentials: [{ accessKeyId: admin.accessKeyId, secretAccessKeyEnv: SECRET_ENV, principal: 'admin', organisation: ORG, region: 'nl-01' }],
       },
+      xks: {
+        listen: { host: '127.0.0.1', port: 0 },
+        keystores: [{ uriPrefix: '', organisation: ORG, region: 'nl-01', sigv4Region: 'us-east-1', credentials: [{ accessKeyId: 'XKSBADINPUTTESTACCESSKEY', secretAccessKeyEnv: SECRET_ENV }] }],
+      },
     });
   });
   after(async () => {
@@ -142,6 +146,12 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
         expect(r.status).to.equal(400);
         expect(r.type).to.match(/^application\/json/);
         expect(r.body.code).to.equal('ValidationError');
+      });
+      it(`XKS proxy: ${what} → 400 with an XKS error name`, async () => {
+        const r = parseReply(await rawSocket(d.xksPort!, bytes.replace('GET /healthz', 'POST /kms/xks/v1/health')));
+        expect(r.status).to.equal(400);
+        expect(r.type).to.match(/^application\/json/);
+        expect(r.body.errorName).to.equal('ValidationException');
       });
       it(`AWS KMS API: ${what} → 400 with an AWS error name`, async () => {
         const r = parseReply(await rawSocket(d.awsPort!, bytes.replace('GET /healthz', 'POST /')));
