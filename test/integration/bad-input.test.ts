@@ -162,6 +162,16 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
     }
   });
 
+  it('a key name or description with a lone surrogate ("\\ud800") → 400, not stored as U+FFFD', async () => {
+    for (const body of ['{"name":"bi a\\ud800","keyType":"aes256-gcm96"}', '{"name":"bi desc","keyType":"aes256-gcm96","description":"x\\udfffy"}']) {
+      const r = await d.post('/keys', undefined, { raw: body });
+      expectError(r, 400, 'ValidationError', body);
+      expect(r.body.message).to.match(/surrogate/);
+    }
+    // A well-formed astral character (a surrogate pair) is fine.
+    expect((await d.post('/keys', { name: 'bi key \u{1F511}', keyType: 'aes256-gcm96' })).status).to.equal(201);
+  });
+
   describe('AWS KMS API', () => {
     it('a 10 MB body → 413 RequestEntityTooLargeException, answered (not a reset connection)', async () => {
       const r = await rawAwsCall(d.awsPort!, 'TrentService.Encrypt', { KeyId: 'alias/none', Plaintext: 'A'.repeat(10_000_000) }, { credential: admin });
