@@ -55,7 +55,7 @@ export SOFTHSM2_CONF="$conf"
 mongo_dir="$DEV_DIR/mongo"
 mongo_was_running=""
 if [ -z "${MONGODB_URI:-}" ] && [ -f "$mongo_dir/mongo.pid" ] && kill -0 "$(cat "$mongo_dir/mongo.pid")" 2>/dev/null; then mongo_was_running=1; fi
-[ -n "${MONGODB_URI:-}" ] || command -v mongod >/dev/null || log "MongoDB-compatible server: FerretDB (a first run builds it, usually 1-2 min)"
+[ -n "${MONGODB_URI:-}" ] || command -v mongod >/dev/null || [ -x "$FERRETDB_BIN" ] || log "MongoDB-compatible server: FerretDB (a first run builds it, usually 1-2 min)"
 mongo_uri=$(bash "$ROOT/scripts/mongo-dev.sh" "$mongo_dir" "$MONGO_PORT")
 # Only a server this run started is stopped with it.
 if [ -z "${MONGODB_URI:-}" ] && [ -z "$mongo_was_running" ] && [ -f "$mongo_dir/mongo.pid" ]; then mongo_pid=$(cat "$mongo_dir/mongo.pid"); fi
