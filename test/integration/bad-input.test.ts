@@ -196,6 +196,18 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
       expect(absent.body.message).to.include("'KeyId'").and.include('must not be null');
     });
 
+    it('CreateKey with KeySpec and CustomerMasterKeySpec naming different specs → ValidationException, no key made', async () => {
+      const before = await rawAwsCall(d.awsPort!, 'TrentService.ListKeys', {}, { credential: admin });
+      const r = await rawAwsCall(d.awsPort!, 'TrentService.CreateKey', { KeySpec: 'ECC_NIST_P256', CustomerMasterKeySpec: 'HMAC_256', KeyUsage: 'SIGN_VERIFY' }, { credential: admin });
+      expect(r.status, JSON.stringify(r.body)).to.equal(400);
+      expect(r.body.__type).to.equal('ValidationException');
+      const after = await rawAwsCall(d.awsPort!, 'TrentService.ListKeys', {}, { credential: admin });
+      expect(after.body.Keys).to.have.length(before.body.Keys.length);
+      // The same spec under both names is the same request.
+      const same = await rawAwsCall(d.awsPort!, 'TrentService.CreateKey', { KeySpec: 'HMAC_256', CustomerMasterKeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' }, { credential: admin });
+      expect(same.status, JSON.stringify(same.body)).to.equal(200);
+    });
+
     it('ListKeyRotations IncludeKeyMaterial outside its enum → ValidationException', async () => {
       const key = await rawAwsCall(d.awsPort!, 'TrentService.CreateKey', {}, { credential: admin });
       const r = await rawAwsCall(d.awsPort!, 'TrentService.ListKeyRotations', { KeyId: key.body.KeyMetadata.KeyId, IncludeKeyMaterial: 'junk' }, { credential: admin });
