@@ -128,6 +128,8 @@ export const schemas = {
   importKey: z.strictObject({ ...createFields, importToken: z.string().min(1).max(256), wrappedKeyMaterial: b64 }),
   importVersion: z.strictObject({ importToken: z.string().min(1).max(256), wrappedKeyMaterial: b64 }),
   advanceClock: z.strictObject({ advanceSeconds: z.number().min(0).max(100 * 365 * 86400) }),
+  /** rotate, disable, enable, DELETE, cancel-deletion: no body, `{}` or `null`; a field is refused, never ignored. */
+  noBody: z.strictObject({}),
 } as const;
 
 export const querySchemas = {

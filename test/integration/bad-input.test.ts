@@ -108,6 +108,30 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
     });
   });
 
+  describe('native API: a body on a request that takes none', () => {
+    it('DELETE with {"pendingWindowInDays": 7} in the body → 400 naming the query parameter; the key stays active', async () => {
+      const key = await d.createKey('bi delete body', 'aes256-gcm96');
+      const r = await d.call('DELETE', `/v1/kms/nl-01/keys/${key.identity}`, { pendingWindowInDays: 7 });
+      expectError(r, 400, 'ValidationError');
+      expect(r.body.message).to.match(/query parameter/);
+      expect((await d.get(`/keys/${key.identity}`)).body.status).to.equal('active');
+    });
+
+    it('rotate, disable, enable, cancel-deletion with a field → 400 unknown field; with {} or null they still work', async () => {
+      const key = await d.createKey('bi no body', 'aes256-gcm96');
+      for (const op of ['rotate', 'disable', 'enable']) {
+        expectError(await d.post(`/keys/${key.identity}/${op}`, { reason: 'x' }), 400, 'ValidationError', op);
+      }
+      expect((await d.get(`/keys/${key.identity}`)).body).to.include({ latestVersion: 1, status: 'active' });
+      expect((await d.post(`/keys/${key.identity}/rotate`, {})).status).to.equal(200);
+      expect((await d.post(`/keys/${key.identity}/disable`, null)).status).to.equal(200);
+      expect((await d.post(`/keys/${key.identity}/enable`, {})).status).to.equal(200);
+      expect((await d.del(`/keys/${key.identity}`)).status).to.equal(200);
+      expectError(await d.call('DELETE', `/v1/kms/nl-01/keys/${key.identity}/cancel-deletion`, { now: true }), 400, 'ValidationError');
+      expect((await d.post(`/keys/${key.identity}/cancel-deletion`, {})).status).to.equal(200);
+    });
+  });
+
   describe('native API: a query parameter given twice or in a nested shape is 400, never ignored', () => {
     it('GET /keys?status=…&status=… and ?identity[x]=… → 400 (not every key, pending deletion included)', async () => {
       for (const q of ['status=active&status=disabled', 'identity=a&identity=b', 'name[x]=y', 'slug[]=z']) {

@@ -106,7 +106,9 @@ export function keyRoutes(s: Services): Router {
   r.post(
     '/v1/kms/:region/keys/:id/rotate',
     kmsRoute(s, 'kms.rotate', REGIONAL, async (req, ctx) => {
-      const key = await s.rotation.rotateManual(ctx.key(String(req.params.id), 'update'));
+      const current = ctx.key(String(req.params.id), 'update');
+      parse(schemas.noBody, req.body);
+      const key = await s.rotation.rotateManual(current);
       ctx.auditVersion = String(key.latestVersion);
       return { body: keyToWire(key) };
     }),
@@ -123,30 +125,40 @@ export function keyRoutes(s: Services): Router {
 
   r.post(
     '/v1/kms/:region/keys/:id/disable',
-    kmsRoute(s, 'kms.disable', REGIONAL, async (req, ctx) => ({
-      body: keyToWire(await s.keys.disable(ctx.key(String(req.params.id), 'update'))),
-    })),
+    kmsRoute(s, 'kms.disable', REGIONAL, async (req, ctx) => {
+      const key = ctx.key(String(req.params.id), 'update');
+      parse(schemas.noBody, req.body);
+      return { body: keyToWire(await s.keys.disable(key)) };
+    }),
   );
 
   r.post(
     '/v1/kms/:region/keys/:id/enable',
-    kmsRoute(s, 'kms.enable', REGIONAL, async (req, ctx) => ({
-      body: keyToWire(await s.keys.enable(ctx.key(String(req.params.id), 'update'))),
-    })),
+    kmsRoute(s, 'kms.enable', REGIONAL, async (req, ctx) => {
+      const key = ctx.key(String(req.params.id), 'update');
+      parse(schemas.noBody, req.body);
+      return { body: keyToWire(await s.keys.enable(key)) };
+    }),
   );
 
   r.delete(
     '/v1/kms/:region/keys/:id',
     kmsRoute(s, 'kms.delete.scheduled', REGIONAL, async (req, ctx) => {
       const key = ctx.key(String(req.params.id), 'delete');
+      // {"pendingWindowInDays": 7} in a body was ignored (a 30-day window); it is a query parameter.
+      if (req.body && typeof req.body === 'object' && 'pendingWindowInDays' in req.body)
+        throw validation('pendingWindowInDays: a query parameter (DELETE …/keys/{id}?pendingWindowInDays=7), not a body field');
+      parse(schemas.noBody, req.body);
       const q = parseQuery(querySchemas.deleteKey, req.query);
       return { body: keyToWire(await s.keys.scheduleDeletion(key, q.pendingWindowInDays ?? 30)) };
     }),
   );
 
-  const cancel = kmsRoute(s, 'kms.delete.cancel', REGIONAL, async (req, ctx) => ({
-    body: keyToWire(await s.keys.cancelDeletion(ctx.key(String(req.params.id), 'delete'))),
-  }));
+  const cancel = kmsRoute(s, 'kms.delete.cancel', REGIONAL, async (req, ctx) => {
+    const key = ctx.key(String(req.params.id), 'delete');
+    parse(schemas.noBody, req.body);
+    return { body: keyToWire(await s.keys.cancelDeletion(key)) };
+  });
   r.delete('/v1/kms/:region/keys/:id/cancel-deletion', cancel);
   r.post('/v1/kms/:region/keys/:id/cancel-deletion', cancel);
 
