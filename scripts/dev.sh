@@ -8,7 +8,8 @@
 #
 # Environment: KMSD_PORT (8200), KMSD_MONGO_PORT (27017), KMSD_WORKERS (1), KMSD_PIN_NL_01 (1234),
 # KMSD_DEV_DIR (data/: token, store, admin token and generated config live under it when set;
-# by default hsm/, data/ and config/dev.yaml of the checkout).
+# by default hsm/, data/ and config/dev.yaml of the checkout), KMSD_AWS_PORT (unset: no AWS KMS
+# API; a port: serve it there with access key AKIAKMSDEXAMPLE00001, its secret in aws.secret).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 kmsd_pid=""
@@ -54,7 +55,7 @@ export SOFTHSM2_CONF="$conf"
 mongo_dir="$DEV_DIR/mongo"
 mongo_was_running=""
 if [ -z "${MONGODB_URI:-}" ] && [ -f "$mongo_dir/mongo.pid" ] && kill -0 "$(cat "$mongo_dir/mongo.pid")" 2>/dev/null; then mongo_was_running=1; fi
-[ -n "${MONGODB_URI:-}" ] || command -v mongod >/dev/null || log "MongoDB-compatible server: FerretDB (a first run builds it, usually 1-2 min)"
+[ -n "${MONGODB_URI:-}" ] || command -v mongod >/dev/null || [ -x "$FERRETDB_BIN" ] || log "MongoDB-compatible server: FerretDB (a first run builds it, usually 1-2 min)"
 mongo_uri=$(bash "$ROOT/scripts/mongo-dev.sh" "$mongo_dir" "$MONGO_PORT")
 # Only a server this run started is stopped with it.
 if [ -z "${MONGODB_URI:-}" ] && [ -z "$mongo_was_running" ] && [ -f "$mongo_dir/mongo.pid" ]; then mongo_pid=$(cat "$mongo_dir/mongo.pid"); fi
@@ -64,6 +65,20 @@ tokfile="$DEV_DIR/admin.token"
 [ -f "$tokfile" ] || node -e "process.stdout.write(require('crypto').randomBytes(24).toString('base64url'))" > "$tokfile"
 admin_token=$(cat "$tokfile")
 admin_sha=$(printf '%s' "$admin_token" | sha256sum | cut -d' ' -f1)
+aws_yaml=""
+aws_msg=""
+if [ -n "${KMSD_AWS_PORT:-}" ]; then
+  awsfile="$DEV_DIR/aws.secret"
+  [ -f "$awsfile" ] || node -e "process.stdout.write(require('crypto').randomBytes(30).toString('base64'))" > "$awsfile"
+  aws_yaml="aws:
+  listen: { host: 127.0.0.1, port: $KMSD_AWS_PORT }
+  sigv4Region: us-east-1
+  accountId: \"111122223333\"
+  credentials:
+    - { accessKeyId: AKIAKMSDEXAMPLE00001, secretAccessKeyFile: \"$awsfile\", principal: demo-admin, organisation: org-demo, region: nl-01 }"
+  aws_msg="AWS KMS API: http://127.0.0.1:$KMSD_AWS_PORT  access key AKIAKMSDEXAMPLE00001, secret in $awsfile (README, \"AWS KMS API\")
+"
+fi
 mkdir -p "$(dirname "$CONFIG")"
 cat > "$CONFIG" <<YAML
 # written by scripts/dev.sh
@@ -85,12 +100,13 @@ principals:
 rotation: { evaluationIntervalSeconds: 60, maxManualRotations: 10 }
 testing: { clockControl: true }
 workers: ${KMSD_WORKERS:-1}
+$aws_yaml
 YAML
 cat >&2 <<MSG
 
 kmsd dev stack: token $HSM_DIR/tokens (label kmsd-nl-01), MongoDB-compatible store $mongo_uri
 API: http://127.0.0.1:$PORT   admin token: $admin_token  (also in $tokfile)
-Try (see the README, "Calling the dev daemon", for the whole walkthrough):
+${aws_msg}Try (see the README, "Calling the dev daemon", for the whole walkthrough):
   T=\$(cat $tokfile)
   H=(-H "Authorization: Bearer \$T" -H "X-Organisation-Identity: org-demo" -H "Content-Type: application/json")
   curl -s "\${H[@]}" -d '{"name":"app-key","keyType":"aes256-gcm96"}' http://127.0.0.1:$PORT/v1/kms/nl-01/keys

@@ -5,6 +5,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'winston';
+import { answerClientErrors, KMS_CLIENT_ERROR } from './api/client-error.js';
 import { createRequestListener } from './api/app.js';
 import type { Services } from './api/services.js';
 import { AuditLog } from './audit/audit-log.js';
@@ -219,6 +220,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const server = tls
     ? https.createServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' }, app)
     : http.createServer(app);
+  answerClientErrors(server, KMS_CLIENT_ERROR);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

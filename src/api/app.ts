@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { RequestListener } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { validation } from '../errors.js';
 import { requestIdFrom } from './context.js';
 import { errorHandler, sendError } from './errors.js';
 import { auditRoutes } from './routes/audit.js';
@@ -16,6 +17,12 @@ import { jsonText } from './wire.js';
 export function createRequestListener(s: Services, version: string): RequestListener {
   const ops = cryptoOperations(s);
   return withFastPath(s, ops, createApp(s, version, ops));
+}
+
+/** Whether a request carries body bytes (a chunked body, or a non-zero Content-Length). */
+function hasBody(req: Request): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /** Builds the Express application of the KMS API (every route, including the cryptographic operations). */
@@ -44,6 +51,14 @@ export function createApp(s: Services, version: string, ops: CryptoOperation[] =
 
   // JSON bodies only; anything larger than limits.maxBodyBytes is 413 PayloadTooLarge.
   app.use(express.json({ limit: s.config.limits.maxBodyBytes, strict: false, type: ['application/json', 'application/*+json'] }));
+  // A body the JSON parser did not take (no or another Content-Type, e.g. curl -d's form type) is
+  // refused, not read as "no fields": PATCH …/rotation {"keyRotationEnabled": true} sent as a form
+  // used to disable rotation (an absent boolean is false). Requests without a body are unaffected.
+  app.use((req: Request, _res: Response, next: NextFunction) => {
+    if (req.body !== undefined || !hasBody(req)) return next();
+    const type = req.headers['content-type'];
+    next(validation(`body: send JSON with Content-Type: application/json (got ${type ? `Content-Type: ${type.slice(0, 100)}` : 'no Content-Type'})`));
+  });
 
   // Cryptographic operations first: they are the hot path, and Express tries routes in order.
   app.use(cryptoRoutes(ops));

@@ -14,6 +14,9 @@ const b64 = z.string().refine(isBase64, { message: 'must be standard base64' });
 /** Key names: no control characters (U+0000–U+001F, U+007F); they break logs, labels and terminals. */
 // eslint-disable-next-line no-control-regex
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
+/** A lone UTF-16 surrogate (JSON's "\ud800"): it cannot be stored or sent as UTF-8, and came back as U+FFFD. */
+const LONE_SURROGATE = /\p{Surrogate}/u;
+const wellFormed = { message: 'must be well-formed Unicode (no lone surrogate such as \\ud800)' };
 
 const isStringMap = (v: unknown): v is Record<string, string> =>
   v !== null && typeof v === 'object' && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string');
@@ -69,9 +72,18 @@ export const itemSchemas = {
 };
 
 const createFields = {
-  name: z.string().min(1).max(255).refine((n) => !CONTROL_CHARACTERS.test(n), { message: 'must not contain control characters' }),
+  name: z
+    .string()
+    .min(1)
+    .max(255)
+    .refine((n) => !CONTROL_CHARACTERS.test(n), { message: 'must not contain control characters' })
+    .refine((n) => !LONE_SURROGATE.test(n), wellFormed),
   keyType: z.enum(KEY_TYPE_NAMES),
-  description: z.string().max(1024).optional(),
+  description: z
+    .string()
+    .max(1024)
+    .refine((d) => !LONE_SURROGATE.test(d), wellFormed)
+    .optional(),
   labels: boundedMap(MAX_LABEL_VALUE_CHARS).optional(),
   annotations: boundedMap(MAX_ANNOTATION_VALUE_CHARS).optional(),
   exportAllowed: z.boolean().optional(),
@@ -133,6 +145,8 @@ export const schemas = {
   importKey: z.strictObject({ ...createFields, importToken: z.string().min(1).max(256), wrappedKeyMaterial: b64 }),
   importVersion: z.strictObject({ importToken: z.string().min(1).max(256), wrappedKeyMaterial: b64 }),
   advanceClock: z.strictObject({ advanceSeconds: z.number().min(0).max(100 * 365 * 86400) }),
+  /** rotate, disable, enable, DELETE, cancel-deletion: no body, `{}` or `null`; a field is refused, never ignored. */
+  noBody: z.strictObject({}),
 } as const;
 
 export const querySchemas = {

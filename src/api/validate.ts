@@ -21,3 +21,20 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, where = 'b
   if (issue.code === 'invalid_type' && issue.message.includes('received undefined')) throw validation(`${path}: is required`);
   throw validation(`${path || where}: ${issue.message}`);
 }
+
+/**
+ * Validates a query against its schema. A parameter the schema knows must come once, as
+ * `name=value`: the extended query parser turns `a=1&a=2` into an array and `a[x]=1` into an
+ * object, and dropping those silently listed every key for `status=active&status=disabled` and
+ * scheduled a 30-day deletion for `pendingWindowInDays=7&pendingWindowInDays=30` → 400 instead.
+ * Parameters the schema does not know are ignored, as before.
+ */
+export function parseQuery<S extends z.ZodObject>(schema: S, query: Record<string, unknown>): z.output<S> {
+  const known: Record<string, string> = {};
+  for (const [k, v] of Object.entries(query)) {
+    if (!Object.hasOwn(schema.shape, k)) continue;
+    if (typeof v !== 'string') throw validation(`query: ${k}: give it once, as ${k}=value`);
+    known[k] = v;
+  }
+  return parse(schema, known, 'query');
+}

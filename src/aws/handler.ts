@@ -16,10 +16,21 @@ const CONTENT_TYPE = 'application/x-amz-json-1.1';
 const MIN_AWS_BODY_BYTES = 64 * 1024;
 /** Past this much an oversized body is not drained any more: the connection is cut. */
 const DRAIN_FACTOR = 16;
+/** How long a cut connection stays open after its 413, so the client reads it (a reset drops unread data). */
+const CUT_GRACE_MS = 1000;
 
-class BodyTooLarge extends Error {}
+class BodyTooLarge extends Error {
+  /** The body went past limit × DRAIN_FACTOR: reading stopped and the rest is never read. */
+  constructor(readonly cut: boolean) {
+    super('request body too large');
+  }
+}
 
-/** Reads the body up to `limit`; an oversized body is drained first so the client sees the answer. */
+/**
+ * Reads the body up to `limit`; an oversized body is drained first so the client sees the answer.
+ * Past `limit × DRAIN_FACTOR` reading stops at once and the 413 is answered while the client is
+ * still sending (see sendThenCut).
+ */
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -27,12 +38,12 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size <= limit) chunks.push(c);
-      else if (size > limit * DRAIN_FACTOR) {
-        reject(new BodyTooLarge());
-        req.destroy();
+      else if (size > limit * DRAIN_FACTOR && !req.isPaused()) {
+        req.pause();
+        reject(new BodyTooLarge(true));
       }
     });
-    req.on('end', () => (size > limit ? reject(new BodyTooLarge()) : resolve(Buffer.concat(chunks))));
+    req.on('end', () => (size > limit ? reject(new BodyTooLarge(false)) : resolve(Buffer.concat(chunks))));
     req.on('error', reject);
   });
 }
@@ -41,6 +52,22 @@ function send(res: ServerResponse, status: number, body: unknown, requestId: str
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': CONTENT_TYPE, 'content-length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId });
   res.end(text);
+}
+
+/**
+ * The answer to a request whose body is no longer read: the whole reply is written (its
+ * Content-Length complete, so the client has its answer), and the connection is closed only a
+ * moment later. Ending at once closed a socket with unread data, a reset that reached the client
+ * before the reply: a 10 MB body got ECONNRESET and no 413.
+ */
+function sendThenCut(req: IncomingMessage, res: ServerResponse, status: number, body: unknown, requestId: string): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': CONTENT_TYPE, 'content-length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId, connection: 'close' });
+  res.write(text);
+  setTimeout(() => {
+    res.end();
+    req.destroy();
+  }, CUT_GRACE_MS).unref();
 }
 
 /**
@@ -75,6 +102,8 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
     let cred: AwsCredential | undefined;
     let principal: string | null = null;
     let outcome = 'success';
+    /** The body was left unread (see readBody): the answer must go out before the connection is cut. */
+    let cut = false;
     const audit = (result: AuditOutcome, detail: Record<string, unknown>) =>
       s.audit.record({
         action: `kms.aws.${label}`,
@@ -92,7 +121,10 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
       try {
         raw = await readBody(req, bodyLimit);
       } catch (e) {
-        if (e instanceof BodyTooLarge) throw new AwsError('RequestEntityTooLargeException', `request body exceeds ${bodyLimit} bytes`);
+        if (e instanceof BodyTooLarge) {
+          cut = e.cut;
+          throw new AwsError('RequestEntityTooLargeException', `request body exceeds ${bodyLimit} bytes`);
+        }
         throw e;
       }
       // Claimed before verification so a rejected signature is still filed under its credential.
@@ -139,7 +171,8 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
         send(res, 500, errorBody(new AwsError('KMSInternalException', 'audit trail unavailable')), requestId);
         return;
       }
-      send(res, err.status, errorBody(err), requestId);
+      if (cut) sendThenCut(req, res, err.status, errorBody(err), requestId);
+      else send(res, err.status, errorBody(err), requestId);
     } finally {
       s.metrics.observeAws(label, outcome, (performance.now() - started) / 1000);
     }

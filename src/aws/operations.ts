@@ -263,6 +263,9 @@ export class AwsOperations {
   // ---- keys --------------------------------------------------------------------------------
 
   async opCreateKey(caller: Caller, req: AwsRequest<'CreateKey'>, note: AuditNote) {
+    // The deprecated name of the same member: two different values would make one key silently not the asked one.
+    if (req.KeySpec !== undefined && req.CustomerMasterKeySpec !== undefined && req.KeySpec !== req.CustomerMasterKeySpec)
+      throw awsValidation('KeySpec and CustomerMasterKeySpec name different key specs; send KeySpec only');
     const keySpec = req.KeySpec ?? req.CustomerMasterKeySpec ?? 'SYMMETRIC_DEFAULT';
     const spec = KEY_SPECS[keySpec];
     if (!spec) throw new AwsError('UnsupportedOperationException', `KeySpec ${keySpec.slice(0, 64)} is not supported; kmsd offers ${Object.keys(KEY_SPECS).join(', ')}`);

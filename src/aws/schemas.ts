@@ -31,7 +31,7 @@ const encryptionContext = z
       typeof v === 'object' &&
       !Array.isArray(v) &&
       Object.entries(v).every(([k, x]) => k.length >= 1 && k.length <= 8192 && typeof x === 'string' && x.length <= 8192),
-    { message: 'must be an object of strings (keys 1–8192, values ≤ 8192 characters)' },
+    { message: 'must be an object of strings (keys of 1 to 8192 characters, values of at most 8192)' },
   )
   .transform((v) => copyStringMap(v))
   .optional();
@@ -145,7 +145,7 @@ export const awsSchemas = {
   DisableKeyRotation: z.looseObject({ KeyId: keyId }),
   GetKeyRotationStatus: z.looseObject({ KeyId: keyId }),
   RotateKeyOnDemand: z.looseObject({ KeyId: keyId }),
-  ListKeyRotations: z.looseObject({ KeyId: keyId, Limit: limit, Marker: marker, IncludeKeyMaterial: z.string().optional() }),
+  ListKeyRotations: z.looseObject({ KeyId: keyId, Limit: limit, Marker: marker, IncludeKeyMaterial: z.enum(['ALL_KEY_MATERIAL', 'ROTATIONS_ONLY']).optional() }),
   TagResource: z.looseObject({ KeyId: keyId, Tags: z.array(tag).max(50) }),
   UntagResource: z.looseObject({ KeyId: keyId, TagKeys: z.array(z.string().min(1).max(128)).max(50) }),
   ListResourceTags: z.looseObject({ KeyId: keyId, Limit: limit, Marker: marker }),
@@ -190,6 +190,9 @@ export function validateRequest<O extends AwsOperation>(op: O, value: Record<str
   if (r.success) return r.data as AwsRequest<O>;
   const issue = r.error.issues[0]!;
   const path = issue.path.map(String).join('.');
-  const missing = issue.code === 'invalid_type' && issue.input === undefined;
+  // The member as sent: zod's issues carry no input, so a wrong type (Limit: "10") read as absent.
+  let sent: unknown = value;
+  for (const key of issue.path) sent = sent !== null && typeof sent === 'object' ? (sent as Record<PropertyKey, unknown>)[key] : undefined;
+  const missing = issue.code === 'invalid_type' && (sent === undefined || sent === null);
   throw awsValidation(`1 validation error detected: Value at '${path || 'body'}' failed to satisfy constraint: ${missing ? 'Member must not be null' : issue.message}`);
 }

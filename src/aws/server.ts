@@ -1,6 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { answerClientErrors } from '../api/client-error.js';
 import type { Services } from '../api/services.js';
 import { readSecret } from '../config/load.js';
 import type { AwsConfig } from '../config/schema.js';
@@ -35,6 +36,7 @@ export async function startAws(config: AwsConfig, s: Services, store: Store): Pr
     s.log.warn('aws: no aws.tls configured, serving the AWS KMS API over plain HTTP; use this only on loopback, behind a TLS-terminating proxy or in tests');
     server = http.createServer(onRequest);
   }
+  answerClientErrors(server, { contentType: 'application/x-amz-json-1.1', body: (message) => ({ __type: 'SerializationException', message }) });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -154,7 +154,7 @@ export class KeyService {
     if (info.family === 'chacha20' && !token.hasChaCha20)
       throw unsupported(`keyType chacha20-poly1305 needs mechanism CKM_CHACHA20_POLY1305, which the token of region ${scope.region} does not offer`);
     const slug = slugify(input.name);
-    if (!slug) throw validation('name: must contain at least one letter or digit');
+    if (!slug) throw validation('name: must contain at least one ASCII letter or digit (a-z, A-Z, 0-9): the slug is made of those');
     if (slug === DEFAULT_KEY_SLUG && !opts.isDefault) throw new KmsError('Conflict', `slug ${slug} is reserved for the default organisation key`);
     if (this.cache.bySlug(scope.organisation, scope.region, scope.project, slug))
       throw new KmsError('Conflict', `a key with slug ${slug} already exists in this scope`);

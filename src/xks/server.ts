@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { answerClientErrors } from '../api/client-error.js';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -60,6 +61,7 @@ export async function startXks(config: XksConfig, s: Services): Promise<XksServe
     s.log.warn('xks: no xks.tls configured, serving plain HTTP; AWS KMS only talks HTTPS, so use this only behind a TLS-terminating proxy or in tests');
     server = http.createServer(onRequest);
   }
+  answerClientErrors(server, { contentType: 'application/json', body: (message) => ({ errorName: 'ValidationException', errorMessage: message }) });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

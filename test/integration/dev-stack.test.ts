@@ -3,6 +3,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { rawAwsCall } from '../helpers/aws.js';
 import { freePort, MongoServer } from '../helpers/mongo.js';
 import { KMSD_BIN, ROOT, TMP_ROOT } from '../helpers/paths.js';
 import { TestStack, waitFor } from '../helpers/stack.js';
@@ -52,7 +53,15 @@ describe('newcomer: npm run dev, the shipped config, test cleanup', function () 
         mkdirSync(dir, { recursive: true });
         const port = await freePort();
         const mongoPort = await freePort();
-        const env: NodeJS.ProcessEnv = { ...process.env, KMSD_PORT: String(port), KMSD_MONGO_PORT: String(mongoPort), KMSD_DEV_DIR: dir, KMSD_WORKERS: '1' };
+        const awsPort = await freePort();
+        const env: NodeJS.ProcessEnv = {
+          ...process.env,
+          KMSD_PORT: String(port),
+          KMSD_MONGO_PORT: String(mongoPort),
+          KMSD_AWS_PORT: String(awsPort),
+          KMSD_DEV_DIR: dir,
+          KMSD_WORKERS: '1',
+        };
         delete env.MONGODB_URI;
         let output = '';
         const [cmd, ...args] = how.split(' ');
@@ -74,10 +83,17 @@ describe('newcomer: npm run dev, the shipped config, test cleanup', function () 
         expect(await listening(mongoPort), 'mongo port open while running').to.equal(true);
         // It used our temp folder, not the developer's data/.
         expect(existsSync(path.join(dir, 'admin.token'))).to.equal(true);
+        // KMSD_AWS_PORT adds the AWS KMS API with the README's access key and a secret in aws.secret
+        // (its listener opens just after the main one, which may already answer /readyz).
+        await waitFor('the AWS KMS API port to open', () => listening(awsPort), 20_000);
+        const credential = { accessKeyId: 'AKIAKMSDEXAMPLE00001', secretAccessKey: readFileSync(path.join(dir, 'aws.secret'), 'utf8') };
+        const keys = await rawAwsCall(awsPort, 'TrentService.ListKeys', {}, { credential });
+        expect(keys.status, JSON.stringify(keys.body)).to.equal(200);
+        expect(keys.body.Keys).to.be.an('array').with.length.greaterThan(0);
 
         process.kill(dev.pid!, 'SIGTERM');
         await exited;
-        await waitFor('daemon and mongo ports to close', async () => !(await listening(port)) && !(await listening(mongoPort)), 20_000);
+        await waitFor('daemon, AWS and mongo ports to close', async () => !(await listening(port)) && !(await listening(awsPort)) && !(await listening(mongoPort)), 20_000);
         await waitFor('no process left in the group', async () => groupMembers(dev!.pid!).length === 0, 20_000);
         expect(output).not.to.match(/Terminated|Killed/);
         expect(output, 'says what it is doing and how long steps usually take').to.match(/usually/);
@@ -95,7 +111,10 @@ describe('newcomer: npm run dev, the shipped config, test cleanup', function () 
       const cwd = path.join(stack.dir, 'checkout');
       mkdirSync(path.join(cwd, 'data'), { recursive: true });
       writeFileSync(path.join(cwd, 'data', 'admin.token'), stack.token('admin'));
-      const r = spawnSync('bash', ['-e', '-c', script.replaceAll('127.0.0.1:8200', `127.0.0.1:${d.port}`)], { cwd, encoding: 'utf8' });
+      // The walkthrough takes the port from KMSD_PORT, as a dev stack started with it needs.
+      const env: NodeJS.ProcessEnv = { ...process.env, KMSD_PORT: String(d.port) };
+      delete env.KMSD_DEV_DIR;
+      const r = spawnSync('bash', ['-e', '-c', script], { cwd, encoding: 'utf8', env });
       expect(r.status, r.stderr).to.equal(0);
       const lines = r.stdout.split('\n');
       expect(lines.some((l) => /^kms:v1:[A-Za-z0-9+/=]+$/.test(l)), r.stdout).to.equal(true);

@@ -2,7 +2,7 @@ import { Router } from 'express';
 import { kmsRoute } from '../handler.js';
 import { querySchemas } from '../schemas.js';
 import type { Services } from '../services.js';
-import { parse } from '../validate.js';
+import { parseQuery } from '../validate.js';
 
 /** Audit trail: the caller organisation's events in a region, and the chain's integrity check. */
 export function auditRoutes(s: Services): Router {
@@ -21,7 +21,7 @@ export function auditRoutes(s: Services): Router {
     '/v1/kms/:region/audit',
     kmsRoute(s, 'kms.audit.read', { regional: true, tokenOptional: true }, async (req, ctx) => {
       ctx.require('audit');
-      const q = parse(querySchemas.audit, Object.fromEntries(Object.entries(req.query).filter(([, v]) => typeof v === 'string')), 'query');
+      const q = parseQuery(querySchemas.audit, req.query);
       const events = await s.audit.query({
         organisation: ctx.organisation,
         region: ctx.region,

@@ -7,7 +7,7 @@ import { expressRoute, operation, type Operation, type RouteBody } from '../hand
 import type { RequestContext } from '../context.js';
 import { itemSchemas, querySchemas, schemas } from '../schemas.js';
 import type { Services } from '../services.js';
-import { parse } from '../validate.js';
+import { parse, parseQuery } from '../validate.js';
 
 const REGIONAL = { regional: true } as const;
 const EMPTY = Buffer.alloc(0);
@@ -185,7 +185,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
     'public-key',
     (req, ctx) => {
       const key = ctx.key(String(req.params.id), 'read');
-      const q = parse(querySchemas.publicKey, Object.fromEntries(Object.entries(req.query).filter(([, v]) => typeof v === 'string')), 'query');
+      const q = parseQuery(querySchemas.publicKey, req.query);
       return { body: s.crypto.publicKey(key, q.version) };
     },
     'get',

@@ -3,7 +3,7 @@ import { KmsError, validation } from '../../errors.js';
 import { kmsRoute, type ApiRequest } from '../handler.js';
 import { querySchemas, schemas } from '../schemas.js';
 import type { Services } from '../services.js';
-import { parse } from '../validate.js';
+import { parse, parseQuery } from '../validate.js';
 import { keyToWire } from '../wire.js';
 
 const REGIONAL = { regional: true } as const;
@@ -28,10 +28,6 @@ function labelFilter(req: ApiRequest): Map<string, string> | undefined {
     out.set(m[1]!, v);
   }
   return out.size ? out : undefined;
-}
-
-function plainQuery(req: ApiRequest): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(req.query).filter(([k, v]) => !k.startsWith('matchLabels') && typeof v === 'string'));
 }
 
 /** Key management: /v1/kms/{region}/keys… (Thalassa paths) and /v1/kms/summary. */
@@ -65,7 +61,7 @@ export function keyRoutes(s: Services): Router {
     '/v1/kms/:region/keys',
     kmsRoute(s, 'kms.list', REGIONAL, (req, ctx) => {
       ctx.require('read');
-      const q = parse(querySchemas.listKeys, plainQuery(req), 'query');
+      const q = parseQuery(querySchemas.listKeys, req.query);
       if (q.region && q.region !== ctx.region) return { body: [] };
       return { body: s.keys.list(ctx.scope, { ...q, labels: labelFilter(req) }).map(keyToWire) };
     }),
@@ -110,7 +106,9 @@ export function keyRoutes(s: Services): Router {
   r.post(
     '/v1/kms/:region/keys/:id/rotate',
     kmsRoute(s, 'kms.rotate', REGIONAL, async (req, ctx) => {
-      const key = await s.rotation.rotateManual(ctx.key(String(req.params.id), 'update'));
+      const current = ctx.key(String(req.params.id), 'update');
+      parse(schemas.noBody, req.body);
+      const key = await s.rotation.rotateManual(current);
       ctx.auditVersion = String(key.latestVersion);
       return { body: keyToWire(key) };
     }),
@@ -127,30 +125,40 @@ export function keyRoutes(s: Services): Router {
 
   r.post(
     '/v1/kms/:region/keys/:id/disable',
-    kmsRoute(s, 'kms.disable', REGIONAL, async (req, ctx) => ({
-      body: keyToWire(await s.keys.disable(ctx.key(String(req.params.id), 'update'))),
-    })),
+    kmsRoute(s, 'kms.disable', REGIONAL, async (req, ctx) => {
+      const key = ctx.key(String(req.params.id), 'update');
+      parse(schemas.noBody, req.body);
+      return { body: keyToWire(await s.keys.disable(key)) };
+    }),
   );
 
   r.post(
     '/v1/kms/:region/keys/:id/enable',
-    kmsRoute(s, 'kms.enable', REGIONAL, async (req, ctx) => ({
-      body: keyToWire(await s.keys.enable(ctx.key(String(req.params.id), 'update'))),
-    })),
+    kmsRoute(s, 'kms.enable', REGIONAL, async (req, ctx) => {
+      const key = ctx.key(String(req.params.id), 'update');
+      parse(schemas.noBody, req.body);
+      return { body: keyToWire(await s.keys.enable(key)) };
+    }),
   );
 
   r.delete(
     '/v1/kms/:region/keys/:id',
     kmsRoute(s, 'kms.delete.scheduled', REGIONAL, async (req, ctx) => {
       const key = ctx.key(String(req.params.id), 'delete');
-      const q = parse(querySchemas.deleteKey, plainQuery(req), 'query');
+      // {"pendingWindowInDays": 7} in a body was ignored (a 30-day window); it is a query parameter.
+      if (req.body && typeof req.body === 'object' && 'pendingWindowInDays' in req.body)
+        throw validation('pendingWindowInDays: a query parameter (DELETE …/keys/{id}?pendingWindowInDays=7), not a body field');
+      parse(schemas.noBody, req.body);
+      const q = parseQuery(querySchemas.deleteKey, req.query);
       return { body: keyToWire(await s.keys.scheduleDeletion(key, q.pendingWindowInDays ?? 30)) };
     }),
   );
 
-  const cancel = kmsRoute(s, 'kms.delete.cancel', REGIONAL, async (req, ctx) => ({
-    body: keyToWire(await s.keys.cancelDeletion(ctx.key(String(req.params.id), 'delete'))),
-  }));
+  const cancel = kmsRoute(s, 'kms.delete.cancel', REGIONAL, async (req, ctx) => {
+    const key = ctx.key(String(req.params.id), 'delete');
+    parse(schemas.noBody, req.body);
+    return { body: keyToWire(await s.keys.cancelDeletion(key)) };
+  });
   r.delete('/v1/kms/:region/keys/:id/cancel-deletion', cancel);
   r.post('/v1/kms/:region/keys/:id/cancel-deletion', cancel);
 
