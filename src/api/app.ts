@@ -25,6 +25,11 @@ function hasBody(req: Request): boolean {
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
+/** application/json, application/*+json, or no Content-Type at all. */
+function isJsonOrUntyped(type: string | undefined): boolean {
+  return type === undefined || /^application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i.test(type);
+}
+
 /** Builds the Express application of the KMS API (every route, including the cryptographic operations). */
 export function createApp(s: Services, version: string, ops: CryptoOperation[] = cryptoOperations(s)): express.Express {
   const app = express();
@@ -50,8 +55,9 @@ export function createApp(s: Services, version: string, ops: CryptoOperation[] =
   });
 
   // JSON bodies only; anything larger than limits.maxBodyBytes is 413 PayloadTooLarge.
-  app.use(express.json({ limit: s.config.limits.maxBodyBytes, strict: false, type: ['application/json', 'application/*+json'] }));
-  // A body the JSON parser did not take (no or another Content-Type, e.g. curl -d's form type) is
+  // A body with no Content-Type at all is read as JSON too (the contract: JSON in, JSON out).
+  app.use(express.json({ limit: s.config.limits.maxBodyBytes, strict: false, type: (req) => isJsonOrUntyped(req.headers['content-type']) }));
+  // A body the JSON parser did not take (another Content-Type, e.g. curl -d's form type) is
   // refused, not read as "no fields": PATCH …/rotation {"keyRotationEnabled": true} sent as a form
   // used to disable rotation (an absent boolean is false). Requests without a body are unaffected.
   app.use((req: Request, _res: Response, next: NextFunction) => {

@@ -81,7 +81,7 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
     it('PATCH …/rotation with a JSON body sent as a form (curl -d without -H) → 400 naming Content-Type; rotation stays enabled', async () => {
       const key = await d.createKey('bi rotation', 'aes256-gcm96', { keyRotationEnabled: true, rotationPeriodInDays: 30 });
       const body = JSON.stringify({ keyRotationEnabled: true, rotationPeriodInDays: 60 });
-      for (const type of ['application/x-www-form-urlencoded', 'text/plain', undefined]) {
+      for (const type of ['application/x-www-form-urlencoded', 'text/plain']) {
         const r = await rawCall(d, 'PATCH', `/v1/kms/nl-01/keys/${key.identity}/rotation`, body, type ? { 'content-type': type } : {});
         expect(r.status, `${type} ${JSON.stringify(r.json)}`).to.equal(400);
         expect(r.json.code).to.equal('ValidationError');
@@ -89,6 +89,10 @@ describe('bad input: clear 4xx answers, never a silent misreading', function () 
       }
       const now = await d.get(`/keys/${key.identity}`);
       expect(now.body).to.include({ keyRotationEnabled: true, rotationPeriodInDays: 30, rotationStatus: 'enabled' });
+      // No Content-Type at all: the body is read as JSON (the contract's "JSON in").
+      const untyped = await rawCall(d, 'PATCH', `/v1/kms/nl-01/keys/${key.identity}/rotation`, body, {});
+      expect(untyped.status, JSON.stringify(untyped.json)).to.equal(200);
+      expect(untyped.json).to.include({ keyRotationEnabled: true, rotationPeriodInDays: 60 });
     });
 
     it('POST /keys and encrypt as text/plain → 400 naming Content-Type (not "name: is required")', async () => {
