@@ -61,11 +61,17 @@ ensure_node() {
 }
 
 # FerretDB 1.24 (SQLite backend) embedded in a tiny Go main; built once, cached in .cache/.
+# Rebuilt only when its sources change (a hash stamp, not file dates: a fresh clone's files are all new).
 ensure_ferretdb() {
-  if [ -x "$FERRETDB_BIN" ] && [ "$FERRETDB_BIN" -nt "$ROOT/scripts/ferretdb/main.go" ] && [ "$FERRETDB_BIN" -nt "$ROOT/scripts/ferretdb/go.sum" ]; then return; fi
+  local stamp
+  stamp=$(cat "$ROOT/scripts/ferretdb/main.go" "$ROOT/scripts/ferretdb/go.mod" "$ROOT/scripts/ferretdb/go.sum" | sha256sum | cut -d' ' -f1)
+  if [ -x "$FERRETDB_BIN" ] && [ "$(cat "$FERRETDB_BIN.sha256" 2>/dev/null)" = "$stamp" ]; then return; fi
   log "building FerretDB 1.24 (embedded, SQLite backend) from the Go module proxy (first run only; usually 1-2 minutes)"
   mkdir -p "$ROOT/.cache"
-  (cd "$ROOT/scripts/ferretdb" && go build -o "$FERRETDB_BIN" .)
+  # built beside and moved into place: a running server keeps its file, a shared cache never sees half a binary
+  (cd "$ROOT/scripts/ferretdb" && go build -o "$FERRETDB_BIN.$$" .)
+  mv -f "$FERRETDB_BIN.$$" "$FERRETDB_BIN"
+  echo "$stamp" > "$FERRETDB_BIN.sha256"
 }
 
 # Writes a softhsm2.conf for a token directory and initialises one token in it.

@@ -222,15 +222,16 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
     : http.createServer(app);
   answerClientErrors(server, KMS_CLIENT_ERROR);
   server.keepAliveTimeout = 65_000;
+  // The XKS and AWS listeners open first: once the main port answers /readyz, every listener accepts.
+  let xks: XksServer | undefined;
+  if (config.xks) xks = await (await import('./xks/server.js')).startXks(config.xks, services);
+  let aws: AwsServer | undefined;
+  if (config.aws) aws = await (await import('./aws/server.js')).startAws(config.aws, services, store);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.listen.port, config.listen.host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
-  let xks: XksServer | undefined;
-  if (config.xks) xks = await (await import('./xks/server.js')).startXks(config.xks, services);
-  let aws: AwsServer | undefined;
-  if (config.aws) aws = await (await import('./aws/server.js')).startAws(config.aws, services, store);
   log.info('kmsd listening', { host: config.listen.host, port, tls: Boolean(tls), xksPort: xks?.port, awsPort: aws?.port, startupMs: Date.now() - startedAtMs });
 
   let stopping: Promise<void> | undefined;
