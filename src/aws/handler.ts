@@ -5,6 +5,7 @@ import type { AuditOutcome } from '../audit/audit-log.js';
 import type { AwsRepository } from '../store/aws-repo.js';
 import { claimedAccessKeyId, type AwsCredential, type AwsCredentials } from './credentials.js';
 import { AwsError, errorBody, toAwsError } from './errors.js';
+import { BodyTooLarge, readBody, sendThenCut } from '../http/read-body.js';
 import { throughReread } from '../token/reread.js';
 import { AwsOperations, type AuditNote, type AwsSettings, type Caller } from './operations.js';
 import { AWS_OPERATIONS, parseJson, validateRequest, type AwsOperation } from './schemas.js';
@@ -14,60 +15,14 @@ const TARGET_PREFIX = 'TrentService.';
 const CONTENT_TYPE = 'application/x-amz-json-1.1';
 /** At least what AWS accepts (4 KiB plaintext, 6 KiB blobs, 32 KiB policies, in base64). */
 const MIN_AWS_BODY_BYTES = 64 * 1024;
-/** Past this much an oversized body is not drained any more: the connection is cut. */
-const DRAIN_FACTOR = 16;
-/** How long a cut connection stays open after its 413, so the client reads it (a reset drops unread data). */
-const CUT_GRACE_MS = 1000;
 
-class BodyTooLarge extends Error {
-  /** The body went past limit × DRAIN_FACTOR: reading stopped and the rest is never read. */
-  constructor(readonly cut: boolean) {
-    super('request body too large');
-  }
-}
-
-/**
- * Reads the body up to `limit`; an oversized body is drained first so the client sees the answer.
- * Past `limit × DRAIN_FACTOR` reading stops at once and the 413 is answered while the client is
- * still sending (see sendThenCut).
- */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size <= limit) chunks.push(c);
-      else if (size > limit * DRAIN_FACTOR && !req.isPaused()) {
-        req.pause();
-        reject(new BodyTooLarge(true));
-      }
-    });
-    req.on('end', () => (size > limit ? reject(new BodyTooLarge(false)) : resolve(Buffer.concat(chunks))));
-    req.on('error', reject);
-  });
-}
+/** The headers of every answer but its Content-Length. */
+const answerHeaders = (requestId: string) => ({ 'content-type': CONTENT_TYPE, 'x-amzn-RequestId': requestId });
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': CONTENT_TYPE, 'content-length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId });
+  res.writeHead(status, { ...answerHeaders(requestId), 'content-length': Buffer.byteLength(text) });
   res.end(text);
-}
-
-/**
- * The answer to a request whose body is no longer read: the whole reply is written (its
- * Content-Length complete, so the client has its answer), and the connection is closed only a
- * moment later. Ending at once closed a socket with unread data, a reset that reached the client
- * before the reply: a 10 MB body got ECONNRESET and no 413.
- */
-function sendThenCut(req: IncomingMessage, res: ServerResponse, status: number, body: unknown, requestId: string): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': CONTENT_TYPE, 'content-length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId, connection: 'close' });
-  res.write(text);
-  setTimeout(() => {
-    res.end();
-    req.destroy();
-  }, CUT_GRACE_MS).unref();
 }
 
 /**
@@ -171,7 +126,7 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
         send(res, 500, errorBody(new AwsError('KMSInternalException', 'audit trail unavailable')), requestId);
         return;
       }
-      if (cut) sendThenCut(req, res, err.status, errorBody(err), requestId);
+      if (cut) sendThenCut(req, res, err.status, answerHeaders(requestId), JSON.stringify(errorBody(err)));
       else send(res, err.status, errorBody(err), requestId);
     } finally {
       s.metrics.observeAws(label, outcome, (performance.now() - started) / 1000);

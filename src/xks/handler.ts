@@ -5,6 +5,7 @@ import { jsonText } from '../api/wire.js';
 import type { AuditOutcome } from '../audit/audit-log.js';
 import { errorBody, toXksError, XksError } from './errors.js';
 import type { Keystore } from './keystores.js';
+import { BodyTooLarge, readBody, sendThenCut } from '../http/read-body.js';
 import { throughReread } from '../token/reread.js';
 import { XksOperations, type AuditNote } from './operations.js';
 import { matchRoute, type XksRoute } from './routes.js';
@@ -16,35 +17,12 @@ import { auditedMetadata, parseJson, validateBody } from './schemas.js';
  */
 const MIN_XKS_BODY_BYTES = 64 * 1024;
 
-class BodyTooLarge extends Error {}
-/** Past this much an oversized body is not drained any more: the connection is cut. */
-const DRAIN_FACTOR = 16;
-
-/**
- * Reads the body up to `limit`. An oversized body is drained (and dropped) before the error
- * answer, because closing a socket with unread data makes TCP reset it and the client would
- * never see the answer; an absurdly large one is cut off.
- */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size <= limit) chunks.push(c);
-      else if (size > limit * DRAIN_FACTOR) {
-        reject(new BodyTooLarge());
-        req.destroy();
-      }
-    });
-    req.on('end', () => (size > limit ? reject(new BodyTooLarge()) : resolve(Buffer.concat(chunks))));
-    req.on('error', reject);
-  });
-}
+/** The headers of every answer but its Content-Length. */
+const answerHeaders = (requestId: string) => ({ 'content-type': 'application/json', 'x-request-id': requestId });
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string, extra: Record<string, string> = {}): void {
   const text = jsonText(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'x-request-id': requestId, ...extra });
+  res.writeHead(status, { ...answerHeaders(requestId), 'content-length': Buffer.byteLength(text), ...extra });
   res.end(text);
 }
 
@@ -87,6 +65,8 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
     let principal: string | null = null;
     let xks: Record<string, string> | undefined;
     let outcome = 'success';
+    /** The body was left unread (see readBody): the answer must go out before the connection is cut. */
+    let cut = false;
     const auditAs = (store: Keystore, result: AuditOutcome, detail: Record<string, unknown> | null) =>
       s.audit.record({
         action: `kms.xks.${operation}`,
@@ -109,7 +89,10 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       try {
         raw = await readBody(req, bodyLimit);
       } catch (e) {
-        if (e instanceof BodyTooLarge) throw new XksError('UnsupportedOperationException', `request body exceeds ${bodyLimit} bytes`);
+        if (e instanceof BodyTooLarge) {
+          cut = e.cut;
+          throw new XksError('UnsupportedOperationException', `request body exceeds ${bodyLimit} bytes`);
+        }
         throw e;
       }
       const accessKeyId = await ks.verifier.verify({ method: req.method, path, query: q < 0 ? '' : url.slice(q + 1), headers: req.headers, body: raw });
@@ -145,7 +128,8 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       }
       const extra: Record<string, string> = {};
       if (err.status === 405) extra.allow = 'POST';
-      send(res, err.status, errorBody(err), requestId, extra);
+      if (cut) sendThenCut(req, res, err.status, { ...answerHeaders(requestId), ...extra }, jsonText(errorBody(err)));
+      else send(res, err.status, errorBody(err), requestId, extra);
     } finally {
       s.metrics.observeXks(operation, outcome, (performance.now() - started) / 1000);
     }

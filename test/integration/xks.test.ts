@@ -398,6 +398,13 @@ describe('XKS proxy: AWS KMS External Key Store over the real token', () => {
         const r = await call(main('/keys/xks-main/encrypt'), encryptBody(randomBytes(200 * 1024)));
         expectError(r, 501, 'UnsupportedOperationException');
       });
+
+      it('answers a 10 MB body (past the point where reading stops) with UnsupportedOperationException, not a reset connection', async () => {
+        const r = await call(main('/keys/xks-main/encrypt'), encryptBody(Buffer.alloc(7_500_000, 1)));
+        expectError(r, 501, 'UnsupportedOperationException');
+        // The listener still serves the next request.
+        expect((await call(main('/keys/xks-main/encrypt'), encryptBody(Buffer.from('after')))).status).to.equal(200);
+      });
     });
 
     describe('routes and authentication', () => {
