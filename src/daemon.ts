@@ -5,7 +5,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'winston';
-import { answerClientErrors, KMS_CLIENT_ERROR } from './api/client-error.js';
+import { answerClientErrors, KMS_CLIENT_ERROR } from './http/client-error.js';
 import { createRequestListener } from './api/app.js';
 import type { Services } from './api/services.js';
 import { AuditLog } from './audit/audit-log.js';
