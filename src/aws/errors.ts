@@ -1,5 +1,5 @@
-import { KmsError } from '../errors.js';
-import { TokenError } from '../token/errors.js';
+import type { KmsError } from '../errors.js';
+import { toAdapterError } from '../http/adapter-error.js';
 
 /**
  * The AWS KMS error names this API answers with (AWS KMS API Reference, "Errors" of each
@@ -80,16 +80,8 @@ const FROM_KMS: Record<KmsError['code'], AwsErrorName> = {
 };
 
 /** Anything thrown below the adapter → an AWS error; unknown errors are KMSInternalException (a bug). */
-export function toAwsError(e: unknown): AwsError {
-  if (e instanceof AwsError) return e;
-  if (e instanceof KmsError) {
-    const name = FROM_KMS[e.code as keyof typeof FROM_KMS];
-    if (name) return new AwsError(name, e.message);
-  }
-  if (e instanceof TokenError && (e.kind === 'unavailable' || e.kind === 'staleHandle'))
-    return new AwsError('DependencyTimeoutException', `the HSM is unavailable: ${e.message}`);
-  return new AwsError('KMSInternalException', 'internal error');
-}
+export const toAwsError = (e: unknown): AwsError =>
+  toAdapterError(e, { own: AwsError, fromKms: FROM_KMS, make: (name, message) => new AwsError(name, message), unavailable: 'DependencyTimeoutException', internal: 'KMSInternalException' });
 
 /** The awsJson1_1 error body. */
 export function errorBody(e: AwsError): { __type: string; message: string } {

@@ -1,5 +1,5 @@
-import { KmsError } from '../errors.js';
-import { TokenError } from '../token/errors.js';
+import type { KmsError } from '../errors.js';
+import { toAdapterError } from '../http/adapter-error.js';
 
 /**
  * The XKS proxy spec's error table ("Error codes"): each name and its HTTP status. The XKS
@@ -56,16 +56,8 @@ const FROM_KMS: Partial<Record<KmsError['code'], XksErrorName>> = {
 };
 
 /** Anything thrown below the adapter → the spec's error; unknown errors are InternalException (a bug). */
-export function toXksError(e: unknown): XksError {
-  if (e instanceof XksError) return e;
-  if (e instanceof KmsError) {
-    const name = FROM_KMS[e.code];
-    if (name) return new XksError(name, e.message);
-  }
-  if (e instanceof TokenError && (e.kind === 'unavailable' || e.kind === 'staleHandle'))
-    return new XksError('DependencyTimeoutException', `the HSM is unavailable: ${e.message}`);
-  return new XksError('InternalException', 'internal error');
-}
+export const toXksError = (e: unknown): XksError =>
+  toAdapterError(e, { own: XksError, fromKms: FROM_KMS, make: (name, message) => new XksError(name, message), unavailable: 'DependencyTimeoutException', internal: 'InternalException' });
 
 /** The spec's error body; errorMessage is printable ASCII below 512 characters. */
 export function errorBody(e: XksError): { errorName: string; errorMessage: string } {
