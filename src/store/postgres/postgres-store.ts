@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { KmsError, storeUnavailable } from '../../errors.js';
 import { AUDIT_COLUMNS, auditParams, SqlAuditReads } from '../repositories/audit.js';
-import { sqlRepositories } from '../repositories/index.js';
+import { RepositoriesOf, sqlRepositories } from '../repositories/index.js';
 import type { Params, Row, SqlExecutor } from '../repositories/sql.js';
 import { UniqueViolation, type AuditRow, type ChainHead, type ChangeSignal, type Repositories, type Store, type StoreObserver } from '../store.js';
 
@@ -125,10 +125,10 @@ const MIGRATIONS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '
  * nothing had been sent yet, then it is retried on the new primary. Transactions run at READ
  * COMMITTED with row locks (key rows FOR UPDATE; the chain head under an advisory lock).
  */
-export class PostgresStore implements Store {
+export class PostgresStore extends RepositoriesOf implements Store {
   readonly kind = 'postgres' as const;
   readonly audit: PostgresAuditRepository;
-  private readonly repos: Repositories;
+  protected readonly repos: Repositories;
   private pool?: pg.Pool;
   private locating?: Promise<pg.Pool>;
   private closed = false;
@@ -137,6 +137,7 @@ export class PostgresStore implements Store {
   private readonly guarded = new WeakSet<pg.PoolClient>();
 
   private constructor(private readonly opts: PostgresOptions) {
+    super();
     this.target = parseMultiHostUri(opts.uri);
     if (opts.password !== undefined) this.target.base.password = opts.password;
     const root: SqlExecutor = {
@@ -148,31 +149,6 @@ export class PostgresStore implements Store {
     };
     this.repos = sqlRepositories(root);
     this.audit = new PostgresAuditRepository(root, this);
-  }
-
-  get keys() {
-    return this.repos.keys;
-  }
-  get principals() {
-    return this.repos.principals;
-  }
-  get importTokens() {
-    return this.repos.importTokens;
-  }
-  get wrappingKeys() {
-    return this.repos.wrappingKeys;
-  }
-  get settings() {
-    return this.repos.settings;
-  }
-  get changes() {
-    return this.repos.changes;
-  }
-  get leases() {
-    return this.repos.leases;
-  }
-  get aws() {
-    return this.repos.aws;
   }
 
   /** Connects (waiting up to FAILOVER_WAIT_MS for a primary) and applies pending migrations. */

@@ -22,3 +22,36 @@ export function sqlRepositories(q: SqlExecutor): Repositories {
     aws: new SqlAwsStatements(q),
   };
 }
+
+/**
+ * A store's repositories outside any transaction, as the members Store has (store.keys, …,
+ * store.aws): each reads the subclass's `repos`, the repositories over its root executor.
+ */
+export abstract class RepositoriesOf implements Repositories {
+  protected abstract readonly repos: Repositories;
+
+  get keys() {
+    return this.repos.keys;
+  }
+  get principals() {
+    return this.repos.principals;
+  }
+  get importTokens() {
+    return this.repos.importTokens;
+  }
+  get wrappingKeys() {
+    return this.repos.wrappingKeys;
+  }
+  get settings() {
+    return this.repos.settings;
+  }
+  get changes() {
+    return this.repos.changes;
+  }
+  get leases() {
+    return this.repos.leases;
+  }
+  get aws() {
+    return this.repos.aws;
+  }
+}

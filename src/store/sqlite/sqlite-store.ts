@@ -3,7 +3,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sqlite3 from 'sqlite3';
 import { AUDIT_COLUMNS, auditParams, SqlAuditReads } from '../repositories/audit.js';
-import { sqlRepositories } from '../repositories/index.js';
+import { RepositoriesOf, sqlRepositories } from '../repositories/index.js';
 import type { Params, Row, SqlExecutor } from '../repositories/sql.js';
 import { UniqueViolation, type AuditRow, type ChainHead, type ChangeSignal, type Repositories, type Store, type StoreObserver } from '../store.js';
 
@@ -57,10 +57,10 @@ const ROTATE_AT_BYTES = 1 << 20;
  * in-process, BEGIN IMMEDIATE across processes) and one for reads, so a reader never sees
  * another request's uncommitted transaction. WAL mode lets them run side by side.
  */
-export class SqliteStore implements Store {
+export class SqliteStore extends RepositoriesOf implements Store {
   readonly kind = 'sqlite' as const;
   private queue: Promise<unknown> = Promise.resolve();
-  private readonly repos: Repositories;
+  protected readonly repos: Repositories;
   private readonly txRepos: Repositories;
   readonly audit: SqliteAuditRepository;
 
@@ -71,6 +71,7 @@ export class SqliteStore implements Store {
     readonly dataDir: string,
     private readonly observer: StoreObserver,
   ) {
+    super();
     const timed = <T>(p: Promise<T>): Promise<T> => {
       if (!observer.query) return p;
       const started = performance.now();
@@ -93,31 +94,6 @@ export class SqliteStore implements Store {
     this.repos = sqlRepositories(root);
     this.txRepos = sqlRepositories(inTx);
     this.audit = new SqliteAuditRepository(root, this);
-  }
-
-  get keys() {
-    return this.repos.keys;
-  }
-  get principals() {
-    return this.repos.principals;
-  }
-  get importTokens() {
-    return this.repos.importTokens;
-  }
-  get wrappingKeys() {
-    return this.repos.wrappingKeys;
-  }
-  get settings() {
-    return this.repos.settings;
-  }
-  get changes() {
-    return this.repos.changes;
-  }
-  get leases() {
-    return this.repos.leases;
-  }
-  get aws() {
-    return this.repos.aws;
   }
 
   static async open(dataDir: string, observer: StoreObserver = {}): Promise<SqliteStore> {
