@@ -81,7 +81,7 @@ const FROM_KMS: Record<KmsError['code'], AwsErrorName> = {
 
 /** Anything thrown below the adapter → an AWS error; unknown errors are KMSInternalException (a bug). */
 export const toAwsError = (e: unknown): AwsError =>
-  toAdapterError(e, { own: AwsError, fromKms: FROM_KMS, make: (name, message) => new AwsError(name, message), unavailable: 'DependencyTimeoutException', internal: 'KMSInternalException' });
+  toAdapterError(e, { own: AwsError, fromKms: FROM_KMS, make: (name, message) => new AwsError(name, message), tooLarge: 'RequestEntityTooLargeException', unavailable: 'DependencyTimeoutException', internal: 'KMSInternalException' });
 
 /** The awsJson1_1 error body. */
 export function errorBody(e: AwsError): { __type: string; message: string } {

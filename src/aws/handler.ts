@@ -57,8 +57,6 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
     let cred: AwsCredential | undefined;
     let principal: string | null = null;
     let outcome = 'success';
-    /** The body was left unread (see readBody): the answer must go out before the connection is cut. */
-    let cut = false;
     const audit = (result: AuditOutcome, detail: Record<string, unknown>) =>
       s.audit.record({
         action: `kms.aws.${label}`,
@@ -72,16 +70,7 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
         detail: { accessKeyId: cred!.accessKeyId, ...detail },
       });
     try {
-      let raw: Buffer;
-      try {
-        raw = await readBody(req, bodyLimit);
-      } catch (e) {
-        if (e instanceof BodyTooLarge) {
-          cut = e.cut;
-          throw new AwsError('RequestEntityTooLargeException', `request body exceeds ${bodyLimit} bytes`);
-        }
-        throw e;
-      }
+      const raw = await readBody(req, bodyLimit);
       // Claimed before verification so a rejected signature is still filed under its credential.
       cred = credentials.byAccessKeyId.get(claimedAccessKeyId(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined) ?? '');
       const url = req.url ?? '/';
@@ -110,6 +99,8 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
       send(res, 200, reply, requestId);
     } catch (e) {
       const err = toAwsError(e);
+      // The body was left unread (see readBody): the answer must go out before the connection is cut.
+      const cut = e instanceof BodyTooLarge && e.cut;
       outcome = err.errorName;
       if (err.errorName === 'KMSInternalException') s.log.error('aws request failed', { requestId, operation: label, error: (e as Error)?.stack ?? String(e) });
       else if (err.status >= 500) s.log.warn('aws request failed', { requestId, operation: label, errorName: err.errorName, message: err.message });

@@ -5,11 +5,14 @@ const DRAIN_FACTOR = 16;
 /** How long a cut connection stays open after its answer, so the client reads it (a reset drops unread data). */
 const CUT_GRACE_MS = 1000;
 
-/** A request body went past its limit; the adapter answers it with its own error name. */
+/** A request body went past its limit; the adapter answers it with its own error name (see toAdapterError). */
 export class BodyTooLarge extends Error {
-  /** The body went past limit × DRAIN_FACTOR: reading stopped and the rest is never read (answer with sendThenCut). */
-  constructor(readonly cut: boolean) {
-    super('request body too large');
+  constructor(
+    limit: number,
+    /** The body went past limit × DRAIN_FACTOR: reading stopped and the rest is never read (answer with sendThenCut). */
+    readonly cut: boolean,
+  ) {
+    super(`request body exceeds ${limit} bytes`);
   }
 }
 
@@ -29,10 +32,10 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       if (size <= limit) chunks.push(c);
       else if (size > limit * DRAIN_FACTOR && !req.isPaused()) {
         req.pause();
-        reject(new BodyTooLarge(true));
+        reject(new BodyTooLarge(limit, true));
       }
     });
-    req.on('end', () => (size > limit ? reject(new BodyTooLarge(false)) : resolve(Buffer.concat(chunks))));
+    req.on('end', () => (size > limit ? reject(new BodyTooLarge(limit, false)) : resolve(Buffer.concat(chunks))));
     req.on('error', reject);
   });
 }

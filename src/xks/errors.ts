@@ -57,7 +57,7 @@ const FROM_KMS: Partial<Record<KmsError['code'], XksErrorName>> = {
 
 /** Anything thrown below the adapter → the spec's error; unknown errors are InternalException (a bug). */
 export const toXksError = (e: unknown): XksError =>
-  toAdapterError(e, { own: XksError, fromKms: FROM_KMS, make: (name, message) => new XksError(name, message), unavailable: 'DependencyTimeoutException', internal: 'InternalException' });
+  toAdapterError(e, { own: XksError, fromKms: FROM_KMS, make: (name, message) => new XksError(name, message), tooLarge: 'UnsupportedOperationException', unavailable: 'DependencyTimeoutException', internal: 'InternalException' });
 
 /** The spec's error body; errorMessage is printable ASCII below 512 characters. */
 export function errorBody(e: XksError): { errorName: string; errorMessage: string } {

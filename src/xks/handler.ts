@@ -65,8 +65,6 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
     let principal: string | null = null;
     let xks: Record<string, string> | undefined;
     let outcome = 'success';
-    /** The body was left unread (see readBody): the answer must go out before the connection is cut. */
-    let cut = false;
     const auditAs = (store: Keystore, result: AuditOutcome, detail: Record<string, unknown> | null) =>
       s.audit.record({
         action: `kms.xks.${operation}`,
@@ -85,16 +83,7 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       if (req.method !== 'POST') throw new XksError('ValidationException', 'XKS operations accept POST only', 405);
       ks = keystores.get(route.prefix);
       if (!ks) throw new XksError('InvalidUriPathException', `no external key store at /${route.prefix}`);
-      let raw: Buffer;
-      try {
-        raw = await readBody(req, bodyLimit);
-      } catch (e) {
-        if (e instanceof BodyTooLarge) {
-          cut = e.cut;
-          throw new XksError('UnsupportedOperationException', `request body exceeds ${bodyLimit} bytes`);
-        }
-        throw e;
-      }
+      const raw = await readBody(req, bodyLimit);
       const accessKeyId = await ks.verifier.verify({ method: req.method, path, query: q < 0 ? '' : url.slice(q + 1), headers: req.headers, body: raw });
       principal = `xks:${accessKeyId}`;
       const body = parseJson(raw);
@@ -106,6 +95,8 @@ export function xksRequestHandler(s: Services, keystores: Map<string, Keystore>)
       send(res, 200, reply, requestId);
     } catch (e) {
       const err = toXksError(e);
+      // The body was left unread (see readBody): the answer must go out before the connection is cut.
+      const cut = e instanceof BodyTooLarge && e.cut;
       outcome = err.errorName;
       if (err.errorName === 'InternalException')
         s.log.error('xks request failed', { requestId, operation, kmsRequestId: xks?.kmsRequestId, error: (e as Error)?.stack ?? String(e) });

@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { AwsError, toAwsError } from '../../src/aws/errors.js';
 import { KmsError } from '../../src/errors.js';
+import { BodyTooLarge } from '../../src/http/read-body.js';
 import { TokenError } from '../../src/token/errors.js';
 import { toXksError, XksError } from '../../src/xks/errors.js';
 
@@ -27,6 +28,15 @@ describe('adapter error mapping (AWS KMS API, XKS proxy)', () => {
     const xks = toXksError(new KmsError('Conflict', 'secret detail'));
     expect([xks.errorName, xks.status, xks.message]).to.deep.equal(['InternalException', 500, 'internal error']);
     expect(toAwsError(new KmsError('Conflict', 'c')).errorName).to.equal('ConflictException');
+  });
+
+  it('names a body over the limit by each adapter’s name for it, with the limit', () => {
+    for (const cut of [false, true]) {
+      const aws = toAwsError(new BodyTooLarge(65536, cut));
+      expect([aws.errorName, aws.status, aws.message]).to.deep.equal(['RequestEntityTooLargeException', 413, 'request body exceeds 65536 bytes']);
+      const xks = toXksError(new BodyTooLarge(65536, cut));
+      expect([xks.errorName, xks.status, xks.message]).to.deep.equal(['UnsupportedOperationException', 501, 'request body exceeds 65536 bytes']);
+    }
   });
 
   it('names an unavailable token (or a stale handle) a retryable dependency failure', () => {
