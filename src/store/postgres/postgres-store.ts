@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { KmsError, storeUnavailable } from '../../errors.js';
 import { AUDIT_COLUMNS, auditParams, SqlAuditReads } from '../repositories/audit.js';
+import { sourceMigrationsDir } from '../migrations-dir.js';
 import { RepositoriesOf, sqlRepositories } from '../repositories/index.js';
 import type { Params, Row, SqlExecutor } from '../repositories/sql.js';
 import { UniqueViolation, type AuditRow, type ChainHead, type ChangeSignal, type Repositories, type Store, type StoreObserver } from '../store.js';
@@ -340,7 +341,7 @@ export class PostgresStore extends RepositoriesOf implements Store {
       await client.query(
         'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)',
       );
-      const files = readdirSync(sourceMigrationsDir())
+      const files = readdirSync(sourceMigrationsDir(MIGRATIONS_DIR))
         .filter((f) => /^\d{3}-.*\.sql$/.test(f))
         .sort();
       for (const f of files) {
@@ -348,7 +349,7 @@ export class PostgresStore extends RepositoriesOf implements Store {
         if ((await client.query('SELECT 1 FROM schema_migrations WHERE version = $1', [version])).rowCount) continue;
         await client.query('BEGIN');
         try {
-          await client.query(readFileSync(path.join(sourceMigrationsDir(), f), 'utf8'));
+          await client.query(readFileSync(path.join(sourceMigrationsDir(MIGRATIONS_DIR), f), 'utf8'));
           await client.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [version, f, new Date().toISOString()]);
           await client.query('COMMIT');
           applied++;
@@ -519,15 +520,5 @@ class PostgresAuditRepository extends SqlAuditReads {
         );
       }
     });
-  }
-}
-
-function sourceMigrationsDir(): string {
-  const fromDist = MIGRATIONS_DIR.replace(`${path.sep}dist${path.sep}src${path.sep}`, `${path.sep}src${path.sep}`);
-  try {
-    readdirSync(fromDist);
-    return fromDist;
-  } catch {
-    return MIGRATIONS_DIR;
   }
 }

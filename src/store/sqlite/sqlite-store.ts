@@ -3,6 +3,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sqlite3 from 'sqlite3';
 import { AUDIT_COLUMNS, auditParams, SqlAuditReads } from '../repositories/audit.js';
+import { sourceMigrationsDir } from '../migrations-dir.js';
 import { RepositoriesOf, sqlRepositories } from '../repositories/index.js';
 import type { Params, Row, SqlExecutor } from '../repositories/sql.js';
 import { UniqueViolation, type AuditRow, type ChainHead, type ChangeSignal, type Repositories, type Store, type StoreObserver } from '../store.js';
@@ -111,7 +112,7 @@ export class SqliteStore extends RepositoriesOf implements Store {
     await this.writer.run(
       'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)',
     );
-    const dir = sourceMigrationsDir();
+    const dir = sourceMigrationsDir(MIGRATIONS_DIR);
     const files = readdirSync(dir)
       .filter((f) => /^\d{3}-.*\.sql$/.test(f))
       .sort();
@@ -283,17 +284,4 @@ class SqliteAuditRepository extends SqlAuditReads {
 
 function isBusy(e: unknown): boolean {
   return typeof e === 'object' && e !== null && ['SQLITE_BUSY', 'SQLITE_LOCKED'].includes((e as { code?: string }).code ?? '');
-}
-
-/** Migrations are shipped as .sql next to the TypeScript sources (not copied into dist/). */
-function sourceMigrationsDir(): string {
-  const compiled = MIGRATIONS_DIR;
-  // dist/src/store/sqlite/migrations → src/store/sqlite/migrations
-  const fromDist = compiled.replace(`${path.sep}dist${path.sep}src${path.sep}`, `${path.sep}src${path.sep}`);
-  try {
-    readdirSync(fromDist);
-    return fromDist;
-  } catch {
-    return compiled;
-  }
 }
