@@ -49,6 +49,8 @@ const value = (name: string) => argv.find((a) => a.startsWith(`--${name}=`))?.sl
 const QUICK = flag('quick');
 const PROFILE = flag('profile');
 const FRESH_SEED = flag('fresh-seed');
+/** api phase: only the encrypt workload (for quick interleaved A/B runs). */
+const ENCRYPT_ONLY = flag('encrypt-only');
 const ONLY = value('only') ? new Set(value('only')!.split(',')) : undefined;
 const CORES = os.availableParallelism();
 
@@ -486,7 +488,7 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
         const p = probe!;
         const loopMax = await loopDelayMaxMs(d);
         B['encrypt-1proc'] = { value: r.reqPerSec, unit: 'req/s' };
-        log(`  encrypt: ${r.reqPerSec.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms; ${cpuText(r)}`);
+        log(`  encrypt: ${r.reqPerSec.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms; ${cpuText(r)}; server CPU per request ${r.serverCpu !== undefined ? ((r.serverCpu * 10_000) / r.reqPerSec).toFixed(0) : '?'} µs`);
         log(`  encrypt with the probe: ${underProbe.reqPerSec.toFixed(0)} req/s; healthz probe p99 ${p.p99.toFixed(1)} ms max ${p.max.toFixed(1)} ms; loop max ${loopMax?.toFixed(1) ?? 'n/a'} ms`);
         goalRow('encrypt', `POST …/encrypt, 32 B, ${Q.connections} conns, 1 process`, r.reqPerSec, 'req/s', 'node-http-echo', '>=', 0.4, {
           note: [loadNote(r), cpuText(r)].filter(Boolean).join('; '),
@@ -514,6 +516,8 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
       },
     );
 
+  }
+  if (phase('api') && !ENCRYPT_ONLY) {
     // batch encrypt
     log(`batch encrypt, ${Q.batchItems} items, ${Q.batchConnections} connections`);
     await attempt(
