@@ -14,7 +14,7 @@ const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
 const ED25519_PARAMS = Buffer.from('06032b6570', 'hex');
 const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
 
-export type BaselineKind = 'raw-pkcs11-aes' | 'raw-pkcs11-aes-token-object' | 'raw-pkcs11-keygen' | 'raw-pkcs11-ed25519' | 'raw-pkcs11-ecdsa-p256' | 'node-crypto-aes';
+export type BaselineKind = 'raw-pkcs11-aes' | 'raw-pkcs11-aes-token-object' | 'raw-pkcs11-keygen' | 'raw-pkcs11-ed25519' | 'raw-pkcs11-ecdsa-p256' | 'node-crypto-aes' | 'bare-pkcs11-open';
 
 export interface BaselineJob {
   kind: BaselineKind;
@@ -32,6 +32,36 @@ export interface BaselineResult {
   ops: number;
   seconds: number;
   perSecond: number;
+  /** bare-pkcs11-open: the process's RSS (bytes) with the token open and every CKA_ID read */
+  rssBytes?: number;
+}
+
+/**
+ * `bare-pkcs11-open`: what holding the token open costs a process that does nothing else —
+ * C_Initialize, log in, one search over all objects, CKA_ID of each (what any index of the
+ * token needs). ops = objects, seconds = the whole open; RSS measured afterwards.
+ */
+function bareOpen(job: BaselineJob): BaselineResult {
+  const t = performance.now();
+  const { p11, session } = openToken(job);
+  p11.C_FindObjectsInit(session, []);
+  let n = 0;
+  let bytes = 0;
+  for (;;) {
+    const batch = p11.C_FindObjects(session, 1000);
+    if (batch.length === 0) break;
+    for (const h of batch) {
+      const [a] = p11.C_GetAttributeValue(session, h, [{ type: P.CKA_ID }]);
+      bytes += (a?.value as Buffer | undefined)?.length ?? 0;
+      n++;
+    }
+  }
+  p11.C_FindObjectsFinal(session);
+  const seconds = (performance.now() - t) / 1000;
+  if (bytes < 0) console.log(bytes);
+  globalThis.gc?.();
+  // The token stays open (as a daemon holds it) while the RSS is read.
+  return { kind: job.kind, ops: n, seconds, perSecond: n / seconds, rssBytes: process.memoryUsage().rss };
 }
 
 const P = pkcs11js;
@@ -208,6 +238,7 @@ function nodeAes(job: BaselineJob): { ops: number; seconds: number } {
 }
 
 export function runBaseline(job: BaselineJob): BaselineResult {
+  if (job.kind === 'bare-pkcs11-open') return bareOpen(job);
   const r =
     job.kind === 'raw-pkcs11-aes' || job.kind === 'raw-pkcs11-aes-token-object'
       ? rawAes(job, job.kind === 'raw-pkcs11-aes-token-object')

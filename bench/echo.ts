@@ -1,7 +1,10 @@
 /**
  * The `express-echo` baseline: a minimal Express 5 app (same Node, JSON body parsing like
- * kmsd's) that answers every request with one fixed JSON body. Run as its own process:
- *   node dist/bench/echo.js '{"port":N,"response":{…},"tls":{"certFile","keyFile"},"workers":1}'
+ * kmsd's) that answers every request with one fixed JSON body; with `"server":"node-http"`
+ * the `node-http-echo` baseline instead: a bare node:http handler that reads the request body
+ * and answers the same fixed JSON body (no parsing, no framework — the per-process HTTP ceiling).
+ * Run as its own process:
+ *   node dist/bench/echo.js '{"port":N,"response":{…},"tls":{"certFile","keyFile"},"workers":1,"server":"express"}'
  * Over TLS it serves the same certificate as kmsd's XKS listener (the HTTPS echo baseline).
  * With workers > 1 it is a node:cluster of that many identical processes on one port.
  */
@@ -19,9 +22,33 @@ export interface EchoOptions {
   response: unknown;
   tls?: { certFile: string; keyFile: string };
   workers?: number;
+  /** express (default): the express-echo baseline; node-http: the bare node-http-echo baseline. */
+  server?: 'express' | 'node-http';
+}
+
+/** The bare node:http echo: reads the body to its end, answers the fixed JSON (same headers as kmsd's fast path). */
+function nodeHttpEcho(fixed: string): http.RequestListener {
+  const length = Buffer.byteLength(fixed);
+  return (req, res) => {
+    req.on('data', () => {});
+    req.on('end', () => {
+      res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': length });
+      res.end(fixed);
+    });
+  };
 }
 
 function serve(o: EchoOptions): Promise<void> {
+  const app = o.server === 'node-http' ? nodeHttpEcho(JSON.stringify(o.response)) : expressEcho(o);
+  const server = o.tls ? https.createServer({ cert: readFileSync(o.tls.certFile), key: readFileSync(o.tls.keyFile), minVersion: 'TLSv1.2' }, app) : http.createServer(app);
+  server.keepAliveTimeout = 65_000;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port, '127.0.0.1', () => resolve());
+  });
+}
+
+function expressEcho(o: EchoOptions): http.RequestListener {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -30,12 +57,7 @@ function serve(o: EchoOptions): Promise<void> {
   app.use((_req, res) => {
     res.type('application/json').send(fixed);
   });
-  const server = o.tls ? https.createServer({ cert: readFileSync(o.tls.certFile), key: readFileSync(o.tls.keyFile), minVersion: 'TLSv1.2' }, app) : http.createServer(app);
-  server.keepAliveTimeout = 65_000;
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, '127.0.0.1', () => resolve());
-  });
+  return app;
 }
 
 const isMain = process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url);

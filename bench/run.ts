@@ -49,6 +49,8 @@ const value = (name: string) => argv.find((a) => a.startsWith(`--${name}=`))?.sl
 const QUICK = flag('quick');
 const PROFILE = flag('profile');
 const FRESH_SEED = flag('fresh-seed');
+/** api phase: only the encrypt workload (for quick interleaved A/B runs). */
+const ENCRYPT_ONLY = flag('encrypt-only');
 const ONLY = value('only') ? new Set(value('only')!.split(',')) : undefined;
 const CORES = os.availableParallelism();
 
@@ -319,29 +321,33 @@ const ECHO_PATH = '/v1/kms/nl-01/keys/bench-aes/encrypt';
  * stricter reference for kmsd — and both are kept in the row.
  */
 async function phaseEchoAgain(): Promise<void> {
-  const first = rows.find((r) => r.id === 'express-echo' && r.section === 'baseline');
+  for (const id of ['node-http-echo', 'express-echo'] as const) await echoAgain(id);
+}
+
+async function echoAgain(id: 'node-http-echo' | 'express-echo'): Promise<void> {
+  const first = rows.find((r) => r.id === id && r.section === 'baseline');
   if (!first || first.value === null) return;
   await attempt(
-    'express-echo again',
+    `${id} again`,
     async () => {
-      log('express-echo again (1 process), to bound the noise');
+      log(`${id} again (1 process), to bound the noise`);
       const port = await freePort();
-      const proc = await startEcho({ port, response: encryptResponseLike(), workers: 1 }, track);
+      const proc = await startEcho({ port, response: encryptResponseLike(), workers: 1, server: id === 'node-http-echo' ? 'node-http' : 'express' }, track);
       try {
         const { r } = await measure({ url: `http://127.0.0.1:${port}${ECHO_PATH}`, body: encryptBody(), headers: apiHeaders(mainStack) }, { serverPid: proc.pid });
-        log(`  express-echo (2nd): ${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms; ${cpuText(r)}`);
+        log(`  ${id} (2nd): ${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms; ${cpuText(r)}`);
         const a = first.value!;
-        const p99Row = rows.find((x) => x.id === 'express-echo:p99')!;
+        const p99Row = rows.find((x) => x.id === `${id}:p99`)!;
         const p99a = p99Row.value!;
-        B['express-echo'] = { value: Math.max(a, r.reqPerSec), unit: 'req/s' };
-        B['express-echo:p99'] = { value: Math.min(p99a, r.p99), unit: 'ms' };
-        B['express-echo:p50'] = { value: Math.min(B['express-echo:p50']?.value ?? r.p50, r.p50), unit: 'ms' };
+        B[id] = { value: Math.max(a, r.reqPerSec), unit: 'req/s' };
+        B[`${id}:p99`] = { value: Math.min(p99a, r.p99), unit: 'ms' };
+        B[`${id}:p50`] = { value: Math.min(B[`${id}:p50`]?.value ?? r.p50, r.p50), unit: 'ms' };
         first.detail = { ...first.detail, second: loadDetail(r) };
         first.note = [first.note, `measured twice (before/after the API workloads): ${a.toFixed(0)} / ${r.reqPerSec.toFixed(0)} req/s, p99 ${p99a} / ${r.p99} ms; the better is used`]
           .filter(Boolean)
           .join('; ');
         const spread = Math.abs(a - r.reqPerSec) / Math.max(a, r.reqPerSec);
-        if (spread > 0.15) notes.push(`express-echo moved ${(spread * 100).toFixed(0)} % between its two measurements: the machine is noisy, ratios are uncertain to about that much`);
+        if (spread > 0.15) notes.push(`${id} moved ${(spread * 100).toFixed(0)} % between its two measurements: the machine is noisy, ratios are uncertain to about that much`);
       } finally {
         await stopProc(proc);
       }
@@ -352,12 +358,12 @@ async function phaseEchoAgain(): Promise<void> {
 
 async function phaseEcho(): Promise<void> {
   const headers = apiHeaders(mainStack);
-  const run = async (id: string, figure: string, o: { workers: number; tls?: boolean; body: string; response: unknown; headers: Record<string, string>; path: string }) => {
+  const run = async (id: string, figure: string, o: { workers: number; tls?: boolean; body: string; response: unknown; headers: Record<string, string>; path: string; server?: 'express' | 'node-http' }) => {
     await attempt(
       id,
       async () => {
         const port = await freePort();
-        const proc = await startEcho({ port, response: o.response, workers: o.workers, tls: o.tls ? cert : undefined }, track);
+        const proc = await startEcho({ port, response: o.response, workers: o.workers, tls: o.tls ? cert : undefined, server: o.server }, track);
         try {
           const { r } = await measure({ url: `${o.tls ? 'https' : 'http'}://127.0.0.1:${port}${o.path}`, body: o.body, headers: o.headers }, { serverPid: proc.pid });
           baselineRow(id, figure, r.reqPerSec, 'req/s', loadDetail(r), [loadNote(r), cpuText(r)].filter(Boolean).join('; '));
@@ -371,7 +377,8 @@ async function phaseEcho(): Promise<void> {
       (note) => rows.push({ section: 'baseline', id, figure, value: null, unit: 'req/s', note }),
     );
   };
-  log(`express-echo baselines (${Q.connections} connections, ${Q.httpSec} s)`);
+  log(`echo baselines (${Q.connections} connections, ${Q.httpSec} s)`);
+  await run('node-http-echo', 'bare node:http echo, 1 process, encrypt-sized JSON in/out', { workers: 1, body: encryptBody(), response: encryptResponseLike(), headers, path: ECHO_PATH, server: 'node-http' });
   await run('express-echo', 'Express 5 echo, 1 process, encrypt-sized JSON in/out', { workers: 1, body: encryptBody(), response: encryptResponseLike(), headers, path: ECHO_PATH });
   if (CORES > 1)
     await run('express-echo-N', `Express 5 echo, ${CORES} processes (node:cluster) — the machine's HTTP ceiling with the load generator on the same cores`, {
@@ -481,14 +488,17 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
         const p = probe!;
         const loopMax = await loopDelayMaxMs(d);
         B['encrypt-1proc'] = { value: r.reqPerSec, unit: 'req/s' };
-        log(`  encrypt: ${r.reqPerSec.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms; ${cpuText(r)}`);
+        log(`  encrypt: ${r.reqPerSec.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms; ${cpuText(r)}; server CPU per request ${r.serverCpu !== undefined ? ((r.serverCpu * 10_000) / r.reqPerSec).toFixed(0) : '?'} µs`);
         log(`  encrypt with the probe: ${underProbe.reqPerSec.toFixed(0)} req/s; healthz probe p99 ${p.p99.toFixed(1)} ms max ${p.max.toFixed(1)} ms; loop max ${loopMax?.toFixed(1) ?? 'n/a'} ms`);
-        goalRow('encrypt', `POST …/encrypt, 32 B, ${Q.connections} conns, 1 process`, r.reqPerSec, 'req/s', 'express-echo', '>=', 0.8, {
+        goalRow('encrypt', `POST …/encrypt, 32 B, ${Q.connections} conns, 1 process`, r.reqPerSec, 'req/s', 'node-http-echo', '>=', 0.4, {
           note: [loadNote(r), cpuText(r)].filter(Boolean).join('; '),
           detail: loadDetail(r),
         });
-        infoRow('encrypt:p50', 'encrypt p50 latency', r.p50, 'ms', 'express-echo:p50');
-        goalRow('encrypt:p99', 'encrypt p99 latency', r.p99, 'ms', 'express-echo:p99', '<=', 1.5);
+        infoRow('encrypt:p50', 'encrypt p50 latency', r.p50, 'ms', 'node-http-echo:p50');
+        goalRow('encrypt:p99', 'encrypt p99 latency', r.p99, 'ms', 'node-http-echo:p99', '<=', 2);
+        // The earlier goal (met, retired): against the Express echo.
+        infoRow('encrypt:express', 'encrypt req/s against the Express echo (earlier goal ≥ 0.8×, retired)', r.reqPerSec, 'req/s', 'express-echo');
+        infoRow('encrypt:express-p99', 'encrypt p99 against the Express echo (earlier goal ≤ 1.5×)', r.p99, 'ms', 'express-echo:p99');
         const probeDetail = { probes: p.probes, failures: p.failures, p50: p.p50, p99: p.p99, max: p.max, encryptReqPerSec: underProbe.reqPerSec };
         if (loopMax !== undefined) {
           goalRow('event-loop', 'event-loop delay max under the encrypt load (kmsd_event_loop_delay_max_seconds)', loopMax, 'ms', null, '<=', 50, { detail: probeDetail });
@@ -501,11 +511,13 @@ async function phaseApi(): Promise<BenchDaemon | undefined> {
         }
       },
       (note) => {
-        goalRow('encrypt', `POST …/encrypt, 32 B, ${Q.connections} conns, 1 process`, null, 'req/s', 'express-echo', '>=', 0.8, { note });
+        goalRow('encrypt', `POST …/encrypt, 32 B, ${Q.connections} conns, 1 process`, null, 'req/s', 'node-http-echo', '>=', 0.4, { note });
         goalRow('event-loop', 'event-loop delay under the encrypt load', null, 'ms', null, '<=', 50, { note });
       },
     );
 
+  }
+  if (phase('api') && !ENCRYPT_ONLY) {
     // batch encrypt
     log(`batch encrypt, ${Q.batchItems} items, ${Q.batchConnections} connections`);
     await attempt(
@@ -930,6 +942,18 @@ async function phaseCold(): Promise<void> {
         cpSync(seed.tokenDir, s.tokenDir, { recursive: true });
         cpSync(seed.dataDir, s.dataDir, { recursive: true });
       };
+      copy();
+      let bare: BaselineResult | undefined;
+      await attempt(
+        'bare-pkcs11-open',
+        async () => {
+          bare = await runBaseline(s, { kind: 'bare-pkcs11-open', durationMs: 0 });
+          baselineRow('bare-pkcs11-open', `bare pkcs11js process: C_Initialize, login, search and CKA_ID of all ${bare.ops} objects`, bare.seconds, 's', { objects: bare.ops });
+          baselineRow('bare-pkcs11-open:rss', 'bare pkcs11js process holding the same token open: RSS', bare.rssBytes! / 1e6, 'MB');
+          log(`  bare-pkcs11-open: ${bare.ops} objects in ${bare.seconds.toFixed(2)} s, RSS ${(bare.rssBytes! / 1e6).toFixed(0)} MB`);
+        },
+        (note) => rows.push({ section: 'baseline', id: 'bare-pkcs11-open', figure: 'bare pkcs11js process opening the token', value: null, unit: 's', note }),
+      );
       for (const workers of CORES > 1 ? [1, CORES] : [1]) {
         copy();
         const d = await daemon(s, { config: { workers }, label: `kmsd-cold-${workers}` });
@@ -945,7 +969,8 @@ async function phaseCold(): Promise<void> {
           const keysNote = total < n ? `only ${total} keys visible!` : undefined;
           if (workers === 1) {
             goalRow('cold-start', `cold start, ${label}: spawn → GET /readyz 200 (1 process)`, d.readyMs / 1000, 's', null, '<=', 3, { note: keysNote, detail });
-            goalRow('cold-start:rss', `cold start, ${label}: RSS after ready (1 process)`, rss, 'MB', null, '<=', 200, { detail });
+            infoRow('cold-start:vs-bare', 'cold start against the bare process opening the same token (time)', d.readyMs / 1000, 's', 'bare-pkcs11-open');
+            goalRow('cold-start:rss', `cold start, ${label}: RSS after ready (1 process)`, rss, 'MB', 'bare-pkcs11-open:rss', '<=', 1.2, { detail });
           } else {
             infoRow('cold-start-nproc', `cold start, ${label}: spawn → all ${workers} workers serving (cluster)`, readyMs / 1000, 's', undefined, keysNote, detail);
             infoRow('cold-start-nproc:rss', `cold start, ${label}: RSS of primary + ${workers} workers`, rss, 'MB', undefined, undefined, detail);
@@ -957,7 +982,7 @@ async function phaseCold(): Promise<void> {
     },
     (note) => {
       goalRow('cold-start', `cold start, ${label}: time to /readyz 200`, null, 's', null, '<=', 3, { note });
-      goalRow('cold-start:rss', `cold start, ${label}: RSS`, null, 'MB', null, '<=', 200, { note });
+      goalRow('cold-start:rss', `cold start, ${label}: RSS`, null, 'MB', 'bare-pkcs11-open:rss', '<=', 1.2, { note });
     },
   );
 }

@@ -89,7 +89,8 @@ export class BenchDaemon {
     const file = stack.writeConfig(config, `${label}-${port}.yaml`);
     const t0 = performance.now();
     const proc = track(
-      fork(KMSD_BIN, ['--config', file], {
+      // KMSD_BENCH_BIN: another build of the daemon (a copy of dist/ of an earlier commit), for interleaved A/B runs.
+      fork(process.env.KMSD_BENCH_BIN ?? KMSD_BIN, ['--config', file], {
         env: { ...stack.env, ...o.env },
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
         cwd: ROOT,

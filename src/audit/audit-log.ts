@@ -126,6 +126,8 @@ interface Pending {
 export interface AuditSink {
   /** true when the sink queues and coalesces batches itself, so callers need not wait in line. */
   readonly pipelined: boolean;
+  /** At most this many batches handed over and not yet answered (pipelined sinks; default: no limit). */
+  readonly maxInFlight?: number;
   /** Why the sink cannot write any more (its writer thread died), if so. */
   readonly broken?: string;
   append(events: StoredAuditEventDraft[]): Promise<void>;
@@ -160,6 +162,9 @@ export class AuditChainWriter implements AuditSink {
 export class AuditLog {
   private queue: { event: StoredAuditEventDraft; pending: Pending }[] = [];
   private flushing = false;
+  /** Batches handed to the sink and not yet answered. */
+  private inFlight = 0;
+  private readonly maxInFlight: number;
   committed = 0;
   /** The error of the last commit, until a later commit succeeds: /readyz reports it. */
   private lastFailure?: string;
@@ -169,12 +174,14 @@ export class AuditLog {
     private readonly clock: Clock,
     private readonly onBatch: (n: number, seconds: number) => void = () => {},
     private readonly sink: AuditSink = new AuditChainWriter(chain),
-  ) {}
+  ) {
+    this.maxInFlight = sink.maxInFlight ?? Infinity;
+  }
 
   record(event: AuditEvent): Promise<void> {
     return new Promise((resolve, reject) => {
       this.queue.push({ event: boundAuditEvent({ ...event, time: this.clock.nowIso() }), pending: { resolve, reject } });
-      if (!this.flushing) {
+      if (!this.flushing && this.inFlight < this.maxInFlight) {
         this.flushing = true;
         setImmediate(() => void this.flush());
       }
@@ -182,9 +189,10 @@ export class AuditLog {
   }
 
   private async flush(): Promise<void> {
-    while (this.queue.length) {
+    while (this.queue.length && this.inFlight < this.maxInFlight) {
       const batch = this.queue.splice(0, MAX_BATCH);
       const started = performance.now();
+      this.inFlight++;
       const done = this.sink.append(batch.map((b) => b.event)).then(
         () => {
           this.lastFailure = undefined;
@@ -197,6 +205,14 @@ export class AuditLog {
           for (const b of batch) b.pending.reject(e);
         },
       );
+      void done.finally(() => {
+        this.inFlight--;
+        // What queued up while the limit held goes out as the next batch.
+        if (this.queue.length && !this.flushing) {
+          this.flushing = true;
+          setImmediate(() => void this.flush());
+        }
+      });
       if (!this.sink.pipelined) await done;
     }
     this.flushing = false;

@@ -1,4 +1,4 @@
-import cluster from 'node:cluster';
+import cluster, { type Worker } from 'node:cluster';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { AuditChainWriter, type AuditSink, type StoredAuditEventDraft } from './audit-log.js';
 import { CommitQueue, PendingAppends } from './commit-queue.js';
@@ -7,7 +7,8 @@ interface Submit {
   kmsdAudit: { id: number; events: StoredAuditEventDraft[] };
 }
 interface Done {
-  kmsdAuditDone: { id: number; error?: string };
+  /** Every submission of this worker that one commit carried: answered with one message. */
+  kmsdAuditDone: { ids: number[]; error?: string };
 }
 
 /**
@@ -19,11 +20,16 @@ interface Done {
  */
 export class ClusterAuditSink implements AuditSink {
   readonly pipelined = true;
+  /**
+   * Each batch is an IPC message (JSON over a pipe, both ways): one committing and one waiting
+   * keep the primary busy, and what arrives meanwhile travels as one batch.
+   */
+  readonly maxInFlight = 2;
   private readonly pending = new PendingAppends();
 
   constructor() {
     process.on('message', (m: Partial<Done>) => {
-      if (m?.kmsdAuditDone) this.pending.settle(m.kmsdAuditDone.id, m.kmsdAuditDone.error);
+      if (m?.kmsdAuditDone) for (const id of m.kmsdAuditDone.ids) this.pending.settle(id, m.kmsdAuditDone.error);
     });
   }
 
@@ -45,11 +51,24 @@ export class ClusterAuditSink implements AuditSink {
 export async function serveClusterAudit(dataDir: string): Promise<{ close(): Promise<void> }> {
   const store = await SqliteStore.open(dataDir);
   const queue = new CommitQueue(new AuditChainWriter(store.audit));
+  // The answers of one commit, per worker, sent together once the commit's callbacks have run.
+  const answers = new Map<Worker, Map<string, number[]>>();
+  const flushAnswers = () => {
+    for (const [worker, byError] of answers)
+      for (const [error, ids] of byError) if (worker.isConnected()) worker.send({ kmsdAuditDone: { ids, error: error || undefined } } satisfies Done);
+    answers.clear();
+  };
   cluster.on('message', (worker, m: Partial<Submit>) => {
     const s = m?.kmsdAudit;
     if (!s) return;
     queue.submit(s.events, (error) => {
-      if (worker.isConnected()) worker.send({ kmsdAuditDone: { id: s.id, error } } satisfies Done);
+      if (!answers.size) queueMicrotask(flushAnswers);
+      let byError = answers.get(worker);
+      if (!byError) answers.set(worker, (byError = new Map()));
+      const key = error ?? '';
+      const ids = byError.get(key);
+      if (ids) ids.push(s.id);
+      else byError.set(key, [s.id]);
     });
   });
   return {
