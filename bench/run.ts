@@ -5,7 +5,7 @@
  *
  *   node dist/bench/run.js [--quick] [--profile] [--fresh-seed] [--only=phase,…] [--seconds=N]
  *
- * phases: baselines, echo, api, sign, xks, aws, nproc, rotation, cold, profile (profile only with --profile)
+ * phases: baselines, echo, api, sign, xks, aws, nproc, rotation, fairness, cluster, cold, profile (profile only with --profile)
  */
 import { fork, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -39,6 +39,8 @@ import {
 } from './stack.js';
 import * as xks from './xks.js';
 import * as awsApi from './aws.js';
+import { P11KitServer, p11kitClientModule } from '../test/helpers/p11kit.js';
+import { PostgresServer } from '../test/helpers/postgres.js';
 
 // ---------------------------------------------------------------------------------------------
 // options
@@ -762,6 +764,129 @@ async function phaseFairness(): Promise<void> {
   );
 }
 
+/**
+ * Cluster mode (issue 17), reported, not asserted: encrypt through 1 node vs 3 nodes on one
+ * PostgreSQL store and one shared SoftHSM2 token directory (the load generator spread over the
+ * nodes' ports, same total connections); then the p11-kit hop — ECDSA P-256 sign and HMAC
+ * through a region served by `p11-kit server` vs the same operations in the direct SoftHSM2
+ * region of the same daemon.
+ */
+async function phaseCluster(): Promise<void> {
+  const nodesWanted = 3;
+  await attempt(
+    'cluster',
+    async () => {
+      const s = await stack('cluster');
+      s.initToken('kmsd-p11');
+      (s.config.regions as unknown[]).push({ name: 'p11-01', pkcs11Module: p11kitClientModule(), tokenLabel: 'kmsd-p11', pinEnv: 'KMSD_TEST_PIN' });
+      const pgServer = await PostgresServer.start('bench-cluster');
+      const p11 = new P11KitServer(s, 'kmsd-p11');
+      const env = { P11_KIT_SERVER_ADDRESS: p11.address };
+      const nodes: BenchDaemon[] = [];
+      try {
+        await p11.start();
+        const store = { postgres: { uri: await pgServer.createDatabase('bench') } };
+        const headers = apiHeaders(s);
+        const startNode = async () => {
+          const d = await daemon(s, { config: { workers: 1, store, dataDir: path.join(s.dir, `node-${nodes.length}`) }, env, label: `kmsd-node-${nodes.length}` });
+          nodes.push(d);
+          return d;
+        };
+        const a = await startNode();
+        const aes = (await a.ok<{ identity: string }>('POST', '/v1/kms/nl-01/keys', { name: 'bench-cluster-aes', keyType: 'aes256-gcm96' })).identity;
+        const encPath = `/v1/kms/nl-01/keys/${aes}/encrypt`;
+        const body = encryptBody();
+        /** Concurrent autocannon runs (one per node, connections split) in the one load process; summed. */
+        const spread = async (targets: BenchDaemon[]) => {
+          const jobs = targets.map((d, i) => ({
+            url: d.url + encPath,
+            method: 'POST' as const,
+            headers,
+            body,
+            connections: Math.floor(Q.connections / targets.length) + (i < Q.connections % targets.length ? 1 : 0),
+          }));
+          await Promise.all(jobs.map((j) => loadgen.http({ ...j, durationSec: Q.warmSec })));
+          const cpu0 = targets.map((d) => treeCpuSeconds(d.proc.pid));
+          const m0 = machineBusySeconds();
+          const rs = await Promise.all(jobs.map((j) => loadgen.http({ ...j, durationSec: Q.httpSec })));
+          const seconds = Math.max(...rs.map((r) => r.seconds));
+          const serverCpu = targets.reduce((sum, d, i) => sum + treeCpuSeconds(d.proc.pid) - cpu0[i]!, 0);
+          const ok = rs.reduce((sum, r) => sum + r.ok, 0);
+          if (ok === 0) throw new Error(`no 2xx responses (${JSON.stringify(rs.map((r) => r.statusCodes))})`);
+          const bad = rs.reduce((sum, r) => sum + r.non2xx + r.errors + r.timeouts, 0);
+          return {
+            reqPerSec: ok / seconds,
+            p99: Math.max(...rs.map((r) => r.p99)),
+            perNode: rs.map((r) => Math.round(r.reqPerSec)),
+            note: [
+              bad ? `${bad} non-2xx/errors/timeouts (${JSON.stringify(rs.map((r) => r.statusCodes))})` : undefined,
+              `CPU % of one core: nodes ${((100 * serverCpu) / seconds).toFixed(0)}, load generator ${rs.reduce((x, r) => x + r.loadgenCpu, 0).toFixed(0)}, machine ${((100 * (machineBusySeconds() - m0)) / seconds).toFixed(0)} (of ${CORES * 100}; PostgreSQL is in "machine")`,
+            ]
+              .filter(Boolean)
+              .join('; '),
+          };
+        };
+
+        await precheck(a, encPath, body);
+        log(`cluster: encrypt through 1 node on PostgreSQL, ${Q.connections} connections`);
+        const one = await spread([a]);
+        log(`  1 node: ${one.reqPerSec.toFixed(0)} req/s, p99 ${one.p99} ms; ${one.note}`);
+        B['cluster-1node'] = { value: one.reqPerSec, unit: 'req/s' };
+        infoRow('cluster-1node', `POST …/encrypt, 32 B, ${Q.connections} conns, 1 node (1 process) on PostgreSQL`, one.reqPerSec, 'req/s', B['encrypt-1proc'] ? 'encrypt-1proc' : undefined, one.note, { p99: one.p99 });
+
+        while (nodes.length < nodesWanted) await startNode();
+        for (const d of nodes) await precheck(d, encPath, body);
+        log(`cluster: encrypt spread over ${nodesWanted} nodes (:${nodes.map((d) => d.port).join(', :')}), ${Q.connections} connections in all`);
+        const many = await spread(nodes);
+        log(`  ${nodesWanted} nodes: ${many.reqPerSec.toFixed(0)} req/s (per node ${many.perNode.join(' / ')}), p99 ${many.p99} ms; ${many.note}`);
+        infoRow(`cluster-${nodesWanted}nodes`, `POST …/encrypt, 32 B, ${Q.connections} conns spread over ${nodesWanted} nodes (1 process each), one PostgreSQL, one token dir`, many.reqPerSec, 'req/s', 'cluster-1node', many.note, {
+          p99: many.p99,
+          perNode: many.perNode,
+        });
+        for (const d of nodes.splice(1)) await d.stop();
+
+        // the p11-kit hop: the same operation in both regions of node A
+        const make = async (region: string, name: string, keyType: string) =>
+          (await a.ok<{ identity: string }>('POST', `/v1/kms/${region}/keys`, { name, keyType })).identity;
+        const ops = [
+          { op: 'sign', keyType: 'ecdsa-p256', what: 'ECDSA P-256 sign' },
+          { op: 'hmac', keyType: 'hmac-sha256', what: 'HMAC-SHA256' },
+        ];
+        for (const o of ops) {
+          const rates: Record<string, number> = {};
+          for (const region of ['nl-01', 'p11-01']) {
+            const id = await make(region, `bench-hop-${o.op}-${region}`, o.keyType);
+            const p = `/v1/kms/${region}/keys/${id}/${o.op}`;
+            const opBody = JSON.stringify({ input: b64(32) });
+            await precheck(a, p, opBody);
+            const { r } = await measure({ url: a.url + p, body: opBody, headers }, { serverPid: a.proc.pid });
+            rates[region] = r.reqPerSec;
+            log(`  ${o.what} in ${region}: ${r.reqPerSec.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms; ${cpuText(r)}`);
+            const id2 = `p11hop-${o.op}-${region}`;
+            if (region === 'nl-01') B[id2] = { value: r.reqPerSec, unit: 'req/s' };
+            infoRow(
+              id2,
+              `${o.what}, ${Q.connections} conns, region ${region === 'nl-01' ? 'nl-01 (SoftHSM2 directly)' : 'p11-01 (through p11-kit server)'}, 1 node on PostgreSQL`,
+              r.reqPerSec,
+              'req/s',
+              region === 'nl-01' ? undefined : `p11hop-${o.op}-nl-01`,
+              [loadNote(r), cpuText(r)].filter(Boolean).join('; '),
+              loadDetail(r),
+            );
+          }
+          const extraUs = 1e6 / rates['p11-01']! - 1e6 / rates['nl-01']!;
+          notes.push(`p11-kit hop, ${o.what}: ${(rates['p11-01']! / rates['nl-01']!).toFixed(2)}× the direct region's req/s (${extraUs.toFixed(0)} µs more per operation at saturation)`);
+        }
+      } finally {
+        await Promise.all(nodes.map((d) => d.stop()));
+        await p11.kill();
+        await pgServer.destroy();
+      }
+    },
+    (note) => infoRow('cluster-1node', 'encrypt through cluster nodes on PostgreSQL', null, 'req/s', undefined, note),
+  );
+}
+
 async function phaseRotation(): Promise<void> {
   const n = Q.rotationKeys;
   const figure = `scheduled rotation of ${n.toLocaleString('en')} due keys (evaluationIntervalSeconds 1)`;
@@ -1083,6 +1208,7 @@ async function main(): Promise<void> {
   if (phase('nproc')) await phaseNproc();
   if (phase('rotation')) await phaseRotation();
   if (phase('fairness')) await phaseFairness();
+  if (phase('cluster')) await phaseCluster();
   if (phase('cold')) await phaseCold();
   if (phase('profile')) await phaseProfile();
 

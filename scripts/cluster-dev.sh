@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Starts a local kmsd cluster for real: PostgreSQL 15 primary + one synchronous standby (made
 # with pg_basebackup -R), one SoftHSM2 token directory shared by every node, the MongoDB-compatible
-# server, and 3 kmsd nodes on consecutive ports (KMSD_PORT, +1, +2), all on one PostgreSQL store.
-# Idempotent: re-running reuses the data under data/cluster/. Ctrl-C stops the nodes and PostgreSQL.
-# (The p11-kit-served second region of issue 17 is not part of this script yet.)
+# server, a `p11-kit server` exporting a second token over a Unix socket (region p11-01, reached by
+# every node through p11-kit-client.so: a network HSM stand-in), and 3 kmsd nodes on consecutive
+# ports (KMSD_PORT, +1, +2), all on one PostgreSQL store. `npm run cluster` runs it.
+# Idempotent: re-running reuses the data under data/cluster/. Ctrl-C (or kill <pid>) stops the
+# nodes, the p11-kit server, PostgreSQL and the MongoDB-compatible server it started.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_softhsm
 ensure_postgres
+ensure_p11kit
 ensure_node
 PORT="${KMSD_PORT:-8200}"
 PG_PRIMARY_PORT="${KMSD_PG_PORT:-5440}"
@@ -15,6 +18,7 @@ MONGO_PORT="${KMSD_MONGO_PORT:-27017}"
 NODES="${KMSD_NODES:-3}"
 DIR="$ROOT/data/cluster"
 export KMSD_PIN_NL_01="${KMSD_PIN_NL_01:-1234}"
+export KMSD_PIN_P11_01="${KMSD_PIN_P11_01:-1234}"
 mkdir -p "$DIR"
 
 # initdb refuses root: PostgreSQL runs as the postgres OS user when we are root.
@@ -48,20 +52,38 @@ PG_URI="postgresql://kmsd@127.0.0.1:$PG_PRIMARY_PORT,127.0.0.1:$PG_STANDBY_PORT/
 
 conf=$(init_token "$DIR/hsm" kmsd-nl-01 "$KMSD_PIN_NL_01")
 export SOFTHSM2_CONF="$conf"
+init_token "$DIR/hsm" kmsd-p11 "$KMSD_PIN_P11_01" >/dev/null
+P11_MODULE=$(p11kit_client_module)
+export P11_KIT_SERVER_ADDRESS="unix:path=$DIR/p11kit.sock"
+mongo_pid=""
+mongo_was_running=""
+if [ -f "$DIR/mongo/mongo.pid" ] && kill -0 "$(cat "$DIR/mongo/mongo.pid")" 2>/dev/null; then mongo_was_running=1; fi
 mongo_uri=$(bash "$ROOT/scripts/mongo-dev.sh" "$DIR/mongo" "$MONGO_PORT")
+if [ -z "$mongo_was_running" ] && [ -f "$DIR/mongo/mongo.pid" ]; then mongo_pid=$(cat "$DIR/mongo/mongo.pid"); fi
 tokfile="$DIR/admin.token"
 [ -f "$tokfile" ] || node -e "process.stdout.write(require('crypto').randomBytes(24).toString('base64url'))" > "$tokfile"
 admin_token=$(cat "$tokfile")
 admin_sha=$(printf '%s' "$admin_token" | sha256sum | cut -d' ' -f1)
 
 pids=()
+p11_pid=""
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  # p11-kit server forks one child per client connection: its own process group, ended as one
+  [ -n "$p11_pid" ] && kill -- "-$p11_pid" 2>/dev/null || true
+  # the MongoDB-compatible server only when this run started it
+  if [ -n "$mongo_pid" ]; then kill "$mongo_pid" 2>/dev/null || true; rm -f "$DIR/mongo/mongo.pid"; fi
   as_pg "$PG_BINDIR/pg_ctl" stop -D "$standby" -m fast >/dev/null 2>&1 || true
   as_pg "$PG_BINDIR/pg_ctl" stop -D "$primary" -m fast >/dev/null 2>&1 || true
 }
 trap stop_all EXIT INT TERM
+
+# the p11-kit server first: a client started before its server sees no slots
+rm -f "$DIR/p11kit.sock"
+setsid p11-kit server --provider "$SOFTHSM_LIB" -f -n "$DIR/p11kit.sock" "pkcs11:token=kmsd-p11" &
+p11_pid=$!
+for _ in $(seq 1 100); do [ -S "$DIR/p11kit.sock" ] && break; sleep 0.05; done
 
 for i in $(seq 0 $((NODES - 1))); do
   cat > "$DIR/node-$i.yaml" <<YAML
@@ -77,6 +99,10 @@ regions:
     pkcs11Module: $SOFTHSM_LIB
     tokenLabel: kmsd-nl-01
     pinEnv: KMSD_PIN_NL_01
+  - name: p11-01                     # through p11-kit server: ECDSA, RSA, HMAC (no AES-GCM in p11-kit 0.24)
+    pkcs11Module: $P11_MODULE
+    tokenLabel: kmsd-p11
+    pinEnv: KMSD_PIN_P11_01
 organisations:
   - { identity: org-demo, kmsEnabled: true }
 principals:
@@ -95,11 +121,14 @@ for i in $(seq 0 $((NODES - 1))); do
 done
 cat >&2 <<MSG
 
-kmsd dev cluster: $NODES nodes on http://127.0.0.1:$PORT..$((PORT + NODES - 1)), one token (data/cluster/hsm),
+kmsd dev cluster: $NODES nodes on http://127.0.0.1:$PORT..$((PORT + NODES - 1)), region nl-01 on one token
+directory shared by every node (data/cluster/hsm), region p11-01 through p11-kit server ($P11_KIT_SERVER_ADDRESS, pid $p11_pid),
 PostgreSQL primary :$PG_PRIMARY_PORT + synchronous standby :$PG_STANDBY_PORT ($PG_URI),
 MongoDB-compatible $mongo_uri. Admin token: $admin_token
 Failover drill: $PG_BINDIR/pg_ctl stop -D $primary -m immediate && $PG_BINDIR/pg_ctl promote -D $standby
 (as the postgres user; then rebuild the old primary as a standby or remove data/cluster to start over).
-Ctrl-C stops everything.
+Token connection drill: kill -9 -$p11_pid (p11-01 answers 503 RegionUnavailable on every node), then restart it:
+  setsid p11-kit server --provider $SOFTHSM_LIB -f -n $DIR/p11kit.sock pkcs11:token=kmsd-p11 &
+Ctrl-C (or kill <pid of npm run cluster>) stops everything this run started.
 MSG
 wait

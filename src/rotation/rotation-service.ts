@@ -55,7 +55,10 @@ export class RotationService {
       if (!v) throw keyState('rotation lost to a concurrent change, retry');
       await this.feed.publish();
       this.onRotated('manual', 1);
-      return this.keys.cache.get(key.identity)!;
+      // the key as this rotation committed it: the cache may already hold a later rotation
+      // (another node's, replayed from the change feed), whose version the reply and the
+      // audit record would otherwise name
+      return v.key;
     });
   }
 
@@ -74,15 +77,19 @@ export class RotationService {
       guard(current);
       const token = this.regions.require(key.region);
       const ckaId = this.keys.newObjectId(key.identity);
+      let committed: KeyRecord | undefined;
       await source(Buffer.from(ckaId), `${key.slug}/v${current.latestVersion + 1}`);
       try {
-        await this.store.transaction((tx) => this.recordVersion(tx, key.identity, ckaId, 'import', guard, 'imported'));
+        committed = await this.store.transaction(async (tx) => {
+          await this.recordVersion(tx, key.identity, ckaId, 'import', guard, 'imported');
+          return tx.keys.load(key.identity);
+        });
       } catch (e) {
         await token.destroy(Buffer.from(ckaId)).catch((d) => this.log.warn('orphan left for reconciliation', { ckaId, error: String(d) }));
         throw e;
       }
       await this.feed.publish();
-      return this.keys.cache.get(key.identity)!;
+      return committed ?? this.keys.cache.get(key.identity)!;
     });
   }
 
@@ -194,7 +201,9 @@ export class RotationService {
     await this.store.transaction(async (tx) => {
       for (const m of made) {
         try {
-          outcome.push({ key: m.key, version: await this.recordVersion(tx, m.key.identity, m.ckaId, trigger, guardFor(m.key)) });
+          const version = await this.recordVersion(tx, m.key.identity, m.ckaId, trigger, guardFor(m.key));
+          // a manual rotation answers with the key as it committed it (read inside the transaction)
+          outcome.push({ key: trigger === 'manual' ? ((await tx.keys.load(m.key.identity)) ?? m.key) : m.key, version });
         } catch (e) {
           outcome.push(undefined);
           failure ??= e;

@@ -207,7 +207,10 @@ describe('cluster store: rotations across two nodes on PostgreSQL', function () 
     for (const r of replies) expect(r.status, JSON.stringify(r.body)).to.equal(200);
     const versions = await PostgresServer.sql<{ version: number }>(uri, 'SELECT version FROM key_versions WHERE key_identity = $1 ORDER BY version', [manual.identity]);
     expect(versions.map((v) => v.version)).to.deep.equal([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    // each reply, and its audit record, names the version that rotation made (not a later one the node already heard of)
     expect(replies.map((r) => r.body.latestVersion).sort()).to.deep.equal([2, 3, 4, 5, 6, 7, 8, 9]);
+    const rotated = await PostgresServer.sql<{ key_version: string }>(uri, "SELECT key_version FROM audit_events WHERE action = 'kms.rotate' AND key_identity = $1", [manual.identity]);
+    expect(rotated.map((r) => Number(r.key_version)).sort()).to.deep.equal([2, 3, 4, 5, 6, 7, 8, 9]);
 
     const ids: string[] = [];
     const batch = await Promise.all(

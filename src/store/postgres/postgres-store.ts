@@ -3,7 +3,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { KmsError, storeUnavailable } from '../../errors.js';
-import { AUDIT_COLUMNS, auditParams, SqlAuditReads } from '../repositories/audit.js';
+import { AUDIT_COLUMNS, auditParams, GENESIS_HASH, SqlAuditReads } from '../repositories/audit.js';
 import { sourceMigrationsDir } from '../migrations-dir.js';
 import { RepositoriesOf, sqlRepositories } from '../repositories/index.js';
 import type { Params, Row, SqlExecutor } from '../repositories/sql.js';
@@ -317,6 +317,9 @@ export class PostgresStore extends RepositoriesOf implements Store {
       await run('COMMIT');
       return out;
     } catch (e) {
+      // also for a statement sent on `client` directly (not through run)
+      failed ??= e;
+      if (isConnectionError(e)) broken = true;
       if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
       throw typed(e);
     } finally {
@@ -509,9 +512,16 @@ class PostgresAuditRepository extends SqlAuditReads {
   }
 
   async append(build: (head: ChainHead) => AuditRow[]): Promise<void> {
-    await this.store.withTransaction(async (tx) => {
-      await tx.run('SELECT pg_advisory_xact_lock(?)', [AUDIT_CHAIN_LOCK]);
-      const rows = build(await this.readHead(tx));
+    await this.store.withTransaction(async (tx, client) => {
+      // The lock and the head in one round trip (two statements in one simple-protocol query;
+      // under READ COMMITTED the second takes its snapshot after the lock is granted): every
+      // round trip while holding the lock waits for this node's event loop, and the other
+      // nodes' appends wait for the lock (measured: 3 nodes served 0.24× of 1 node).
+      const [, head] = (await client.query(
+        `SELECT pg_advisory_xact_lock(${AUDIT_CHAIN_LOCK}); SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`,
+      )) as unknown as [pg.QueryResult, pg.QueryResult<{ seq: string; hash: string }>];
+      const last = head.rows[0];
+      const rows = build(last ? { seq: Number(last.seq), hash: last.hash } : { seq: 0, hash: GENESIS_HASH });
       for (let i = 0; i < rows.length; i += 1000) {
         const chunk = rows.slice(i, i + 1000);
         await tx.run(
