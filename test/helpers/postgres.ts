@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { freePort } from './mongo.js';
-import { TMP_ROOT } from './paths.js';
 
 const run = promisify(execFile);
 const BINDIR = process.env.PG_BINDIR ?? '/usr/lib/postgresql/15/bin';
@@ -13,7 +13,9 @@ const SUPERUSER = 'kmsd';
 /** initdb refuses root: as root, every server command runs as the `postgres` OS user. */
 async function asPostgres(cmd: string, args: string[]): Promise<string> {
   const bin = path.join(BINDIR, cmd);
-  const { stdout } = process.getuid?.() === 0 ? await run('runuser', ['-u', 'postgres', '--', bin, ...args]) : await run(bin, args);
+  // cwd: a folder the postgres user may enter (the checkout may sit below a private one).
+  const opts = { cwd: os.tmpdir() };
+  const { stdout } = process.getuid?.() === 0 ? await run('runuser', ['-u', 'postgres', '--', bin, ...args], opts) : await run(bin, args, opts);
   return stdout;
 }
 
@@ -28,6 +30,14 @@ async function postgresIds(): Promise<{ uid: number; gid: number } | undefined> 
  * under tmp/test owned by postgres, a free port on 127.0.0.1 with trust auth, its unix socket
  * in the data dir. Tests get a fresh database each from `createDatabase`.
  */
+/**
+ * A cluster's data dir: under the system temp folder, not the checkout's tmp/, because the server
+ * runs as the `postgres` user, which cannot enter a checkout below a private folder (e.g. /root).
+ */
+function pgDataDir(name: string, port: number): string {
+  return path.join(os.tmpdir(), `kmsd-test-pg-${process.pid}-${name}-${port}`);
+}
+
 export class PostgresServer {
   private constructor(
     readonly port: number,
@@ -37,7 +47,7 @@ export class PostgresServer {
   static async start(name = 'shared'): Promise<PostgresServer> {
     if (!existsSync(path.join(BINDIR, 'initdb'))) throw new Error(`PostgreSQL not found in ${BINDIR} (scripts/lib.sh ensure_postgres installs it)`);
     const port = await freePort();
-    const dir = path.join(TMP_ROOT, `pg-${name}-${port}`);
+    const dir = pgDataDir(name, port);
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const ids = await postgresIds();
@@ -54,7 +64,7 @@ export class PostgresServer {
    */
   static async startStandby(primary: PostgresServer, name = 'standby'): Promise<PostgresServer> {
     const port = await freePort();
-    const dir = path.join(TMP_ROOT, `pg-${name}-${port}`);
+    const dir = pgDataDir(name, port);
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const ids = await postgresIds();
