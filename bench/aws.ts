@@ -4,32 +4,13 @@
  * request signed right before a run is replayed by every autocannon connection: signing is the
  * client's cost; kmsd still verifies every request.
  */
-import { createHash, createHmac, randomBytes, type Hash, type Hmac } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
-import type { Checksum, SourceData } from '@smithy/types';
+import { Sha256 } from './xks.js';
 
 export const AWS_REGION = 'us-east-1';
 export const AWS_ACCESS_KEY_ID = 'AKIABENCHKMSD0000001';
 export const AWS_SECRET_ENV = 'KMSD_BENCH_AWS_SECRET';
-
-const toBuf = (d: SourceData): Buffer =>
-  typeof d === 'string' ? Buffer.from(d) : ArrayBuffer.isView(d) ? Buffer.from(d.buffer, d.byteOffset, d.byteLength) : Buffer.from(d as ArrayBuffer);
-
-class Sha256 implements Checksum {
-  private h: Hash | Hmac;
-  constructor(secret?: SourceData) {
-    this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', toBuf(secret));
-  }
-  update(data: Uint8Array): void {
-    this.h.update(data);
-  }
-  async digest(): Promise<Uint8Array> {
-    return new Uint8Array(this.h.digest());
-  }
-  reset(): void {
-    throw new Error('not supported');
-  }
-}
 
 /** An AWS Encrypt body of the native encrypt's size: 32-byte plaintext, a small encryption context. */
 export function encryptBody(keyId: string): string {

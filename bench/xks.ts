@@ -16,8 +16,8 @@ export const XKS_SECRET_ENV = 'KMSD_BENCH_XKS_SECRET';
 const toBuf = (d: SourceData): Buffer =>
   typeof d === 'string' ? Buffer.from(d) : ArrayBuffer.isView(d) ? Buffer.from(d.buffer, d.byteOffset, d.byteLength) : Buffer.from(d as ArrayBuffer);
 
-/** SHA-256 / HMAC-SHA-256 in the shape @smithy/signature-v4 expects. */
-class Sha256 implements Checksum {
+/** SHA-256 / HMAC-SHA-256 in the shape @smithy/signature-v4 expects (also used by bench/aws.ts). */
+export class Sha256 implements Checksum {
   private h: Hash | Hmac;
   constructor(secret?: SourceData) {
     this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', toBuf(secret));
