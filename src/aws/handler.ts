@@ -113,8 +113,9 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
         }
       } catch (auditErr) {
         s.log.error('aws audit record failed', { requestId, error: String(auditErr) });
-        outcome = 'KMSInternalException';
-        send(res, 500, errorBody(new AwsError('KMSInternalException', 'audit trail unavailable')), requestId);
+        // Fail-closed like the main API (503 StoreUnavailable there) and XKS: retryable, not a bug.
+        outcome = 'DependencyTimeoutException';
+        send(res, 503, errorBody(new AwsError('DependencyTimeoutException', 'audit trail unavailable; retry')), requestId);
         return;
       }
       if (cut) sendThenCut(req, res, err.status, answerHeaders(requestId), JSON.stringify(errorBody(err)));

@@ -42,6 +42,7 @@ import { buildClient, CommitmentPolicy, getClient, KmsKeyringNode } from '@aws-c
 import { canonicalContext, decodeBlob, encodeBlob } from '../../src/aws/ciphertext.js';
 import https from 'node:https';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { sql } from '../helpers/sqlite.js';
 import { ORG, TestStack, type Daemon } from '../helpers/stack.js';
 import { makePki } from '../helpers/xks.js';
 import { OpenSsl } from '../helpers/byok.js';
@@ -629,6 +630,18 @@ describe('AWS KMS-compatible API: real AWS clients against the real token', func
       const ok = await rawAwsCall(d.awsPort!, 'TrentService.GenerateRandom', { NumberOfBytes: 8 }, { credential: admin });
       expect(ok.status).to.equal(200);
       expect(ok.headers['x-amzn-requestid']).to.be.a('string');
+    });
+
+    it('a call whose audit record cannot be written is 503 DependencyTimeoutException (fail-closed, never a 500)', async () => {
+      await sql(stack, "CREATE TRIGGER aws_audit_refuses BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk says no'); END");
+      try {
+        const r = await rawAwsCall(d.awsPort!, 'TrentService.GenerateRandom', { NumberOfBytes: 8 }, { credential: admin });
+        expect(r.status).to.equal(503);
+        expect(r.body.__type).to.equal('DependencyTimeoutException');
+      } finally {
+        await sql(stack, 'DROP TRIGGER aws_audit_refuses');
+      }
+      expect((await rawAwsCall(d.awsPort!, 'TrentService.GenerateRandom', { NumberOfBytes: 8 }, { credential: admin })).status).to.equal(200);
     });
 
     it('every call is audited as kms.aws.<Operation> with the principal; /metrics counts the listener', async () => {
