@@ -38,6 +38,17 @@ function pgDataDir(name: string, port: number): string {
   return path.join(os.tmpdir(), `kmsd-test-pg-${process.pid}-${name}-${port}`);
 }
 
+/** A free port and an empty data dir for it, owned by the postgres user when we are root. */
+async function emptyDataDir(name: string): Promise<{ port: number; dir: string }> {
+  const port = await freePort();
+  const dir = pgDataDir(name, port);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const ids = await postgresIds();
+  if (ids) chownSync(dir, ids.uid, ids.gid);
+  return { port, dir };
+}
+
 export class PostgresServer {
   private constructor(
     readonly port: number,
@@ -46,12 +57,7 @@ export class PostgresServer {
 
   static async start(name = 'shared'): Promise<PostgresServer> {
     if (!existsSync(path.join(BINDIR, 'initdb'))) throw new Error(`PostgreSQL not found in ${BINDIR} (scripts/lib.sh ensure_postgres installs it)`);
-    const port = await freePort();
-    const dir = pgDataDir(name, port);
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const ids = await postgresIds();
-    if (ids) chownSync(dir, ids.uid, ids.gid);
+    const { port, dir } = await emptyDataDir(name);
     await asPostgres('initdb', ['-D', dir, '-U', SUPERUSER, '--auth=trust', '--locale=C', '--encoding=UTF8', '--no-sync']);
     const s = new PostgresServer(port, dir);
     await s.resume();
@@ -63,12 +69,7 @@ export class PostgresServer {
    * started; the primary then waits for it on every commit (synchronous replication).
    */
   static async startStandby(primary: PostgresServer, name = 'standby'): Promise<PostgresServer> {
-    const port = await freePort();
-    const dir = pgDataDir(name, port);
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const ids = await postgresIds();
-    if (ids) chownSync(dir, ids.uid, ids.gid);
+    const { port, dir } = await emptyDataDir(name);
     await asPostgres('pg_basebackup', ['-h', '127.0.0.1', '-p', String(primary.port), '-U', SUPERUSER, '-D', dir, '-R', '-X', 'stream', '--checkpoint=fast', '--no-sync']);
     const s = new PostgresServer(port, dir);
     await s.resume();
