@@ -4,6 +4,7 @@ import cluster from 'node:cluster';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
 import type { Logger } from 'winston';
 import { answerClientErrors, KMS_CLIENT_ERROR } from './http/client-error.js';
 import { createRequestListener } from './api/app.js';
@@ -41,6 +42,19 @@ const SESSIONS_PER_REGION = 8;
 const WORKING_COPIES_PER_REGION = 10_000;
 /** Threads that run C_SignInit + C_Sign off the event loop (see token/signer-threads.ts). */
 const SIGNER_THREADS_PER_REGION = 2;
+
+/**
+ * How this process signs. With at least one kmsd process per core (`workers: 0`, the shipped
+ * configuration) EdDSA/ECDSA signatures run on the event loop (RegionToken.sign: a thread hop
+ * costs CPU and buys no parallelism when every core already serves requests), and one thread
+ * takes what exceeds the loop's budget and the slow mechanisms. With fewer processes than
+ * cores the threads sign, so the spare cores do.
+ */
+function signingPlan(config: Config): { signerThreads: number; signOnLoop: boolean } {
+  const cores = os.availableParallelism();
+  const processes = config.workers === 0 ? cores : config.workers;
+  return processes >= cores ? { signerThreads: 1, signOnLoop: true } : { signerThreads: SIGNER_THREADS_PER_REGION, signOnLoop: false };
+}
 
 export interface RunningDaemon {
   services: Services;
@@ -105,6 +119,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   await lease?.start();
   const creatorAlive = lease?.alive ?? localProcessAlive;
   const tokens = new Map<string, RegionToken>();
+  const signing = signingPlan(config);
   for (const r of config.regions) {
     const pin = readSecret(r.pinEnv, r.pinFile, `regions[${r.name}] PIN`);
     // labelled children resolved once per operation name: no label hashing per token call
@@ -114,7 +129,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       if (!t) timers.set(op, (t = metrics.tokenOp.labels(r.name, op)));
       t.observe(seconds);
     };
-    tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION, workingCopies: WORKING_COPIES_PER_REGION, signerThreads: SIGNER_THREADS_PER_REGION }, timer));
+    tokens.set(r.name, new RegionToken({ region: r.name, modulePath: r.pkcs11Module, label: r.tokenLabel, pin, sessions: SESSIONS_PER_REGION, workingCopies: WORKING_COPIES_PER_REGION, ...signing }, timer));
   }
   // The registry's on-connect step needs the key service, which needs the registry: bound below.
   // eslint-disable-next-line prefer-const

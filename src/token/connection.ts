@@ -15,6 +15,12 @@ export interface TokenSettings {
   workingCopies?: number;
   /** Worker threads that run asymmetric signing (0: pkcs11js C_SignAsync from the main thread). */
   signerThreads?: number;
+  /**
+   * EdDSA and ECDSA signatures run on the event loop itself while they stay fast (see
+   * RegionToken.sign): right when every core already runs a kmsd process, so a thread hop only
+   * adds work.
+   */
+  signOnLoop?: boolean;
 }
 
 /**

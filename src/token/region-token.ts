@@ -27,13 +27,21 @@ export type PublicKeyAttrs =
  * (AES-GCM, HMAC: ~19 µs on SoftHSM2) run synchronously on a dedicated session, because the
  * libuv hop costs more than the operation (~43 µs measured); everything slow (key generation,
  * RSA, EC, EdDSA, unwrap) runs through the pkcs11js *Async calls or the signing threads so the
- * event loop never waits on the HSM. Symmetric operations use working copies of the keys.
+ * event loop never waits on the HSM long — except EdDSA/ECDSA signatures where every core runs
+ * a kmsd process (`signOnLoop`, see sign). Operations use working copies of the keys.
  */
 export class RegionToken {
   private readonly conn: TokenConnection;
   private readonly index: ObjectIndex;
   private readonly copies: WorkingCopies;
   private readonly signer?: SignerThreads;
+  /** Signing on the event loop is on (settings.signOnLoop) and has not been found slow. */
+  private loopSigning: boolean;
+  /** Milliseconds of signing on the event loop in this turn (reset by a setImmediate). */
+  private loopSignMs = 0;
+  private loopTurnResetScheduled = false;
+  /** Consecutive event-loop signatures slower than LOOP_SIGN_SLOW_MS. */
+  private slowLoopSigns = 0;
 
   constructor(
     readonly settings: TokenSettings,
@@ -43,6 +51,7 @@ export class RegionToken {
     this.index = new ObjectIndex(this.conn, (e, what) => this.fail(e, what));
     this.copies = new WorkingCopies(this.conn, this.index, settings.workingCopies ?? 0);
     if ((settings.signerThreads ?? 0) > 0) this.signer = new SignerThreads(settings.modulePath, settings.signerThreads!);
+    this.loopSigning = settings.signOnLoop === true;
   }
 
   get available(): boolean {
@@ -198,8 +207,8 @@ export class RegionToken {
   }
 
   /** The same on a secret key's working copy: the symmetric operations. */
-  private withWorkingCopy<T>(ckaId: Buffer, what: string, fn: (h: pkcs11js.Handle) => T): T {
-    return this.onHandle(ckaId, what, () => this.copies.handle(ckaId, 'secret'), fn);
+  private withWorkingCopy<T>(ckaId: Buffer, what: string, fn: (h: pkcs11js.Handle) => T, cls: ObjectClass = 'secret'): T {
+    return this.onHandle(ckaId, what, () => this.copies.handle(ckaId, cls), fn);
   }
 
   private onHandle<T>(ckaId: Buffer, what: string, resolve: () => pkcs11js.Handle, fn: (h: pkcs11js.Handle) => T): T {
@@ -430,6 +439,8 @@ export class RegionToken {
    * objects belong to the process, not to one session).
    */
   sign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
+    if (this.loopSigning && this.loopSignMs < LOOP_SIGN_BUDGET_MS && LOOP_SIGN_MECHANISMS.has(mechanism.mechanism))
+      return this.signOnLoop(ckaId, mechanism, data);
     if (this.signer?.usable) return this.signOnThreads(ckaId, mechanism, data);
     return this.withSessionAndHandle(
       ckaId,
@@ -441,6 +452,54 @@ export class RegionToken {
       },
       true,
     );
+  }
+
+  /**
+   * One signature on the event loop, on the sync session. Why: on SoftHSM2 an EdDSA signature
+   * costs ~170 µs of CPU and an ECDSA P-256 one ~50 µs, and handing it to a signing thread adds
+   * ~25–60 µs of CPU per signature (post, clone, wake-up, reply; measured, tmp/hopmicro) — with
+   * every core already running a kmsd process that hop buys no parallelism, only cost. Bounded:
+   * at most LOOP_SIGN_BUDGET_MS of it per event-loop turn (the rest of the turn's signatures go
+   * to the threads), and a token whose signatures turn out slow (a remote module, a loaded HSM)
+   * leaves the loop for good.
+   */
+  private signOnLoop(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
+    const started = performance.now();
+    try {
+      return Promise.resolve(
+        this.withWorkingCopy(
+          ckaId,
+          'sign',
+          (h) => {
+            const p11 = this.p11;
+            const s = this.conn.syncSession!;
+            p11.C_SignInit(s, mechanism, h);
+            return p11.C_Sign(s, input(data), Buffer.allocUnsafe(1024));
+          },
+          'private',
+        ),
+      );
+    } catch (e) {
+      return Promise.reject(e);
+    } finally {
+      const ms = performance.now() - started;
+      this.timer('sign', ms / 1000);
+      this.loopSignMs += ms;
+      if (!this.loopTurnResetScheduled) {
+        this.loopTurnResetScheduled = true;
+        setImmediate(() => {
+          this.loopTurnResetScheduled = false;
+          this.loopSignMs = 0;
+        });
+      }
+      this.slowLoopSigns = ms > LOOP_SIGN_SLOW_MS ? this.slowLoopSigns + 1 : 0;
+      if (this.slowLoopSigns >= LOOP_SIGN_SLOW_RUN) this.loopSigning = false;
+    }
+  }
+
+  /** Whether signatures still run on the event loop (false once they were found slow; tests). */
+  get signingOnLoop(): boolean {
+    return this.loopSigning;
   }
 
   private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
@@ -588,6 +647,13 @@ export class RegionToken {
   }
 }
 
+/** Mechanisms cheap enough to sign on the event loop (RSA is not: 1–10 ms a signature on SoftHSM2). */
+const LOOP_SIGN_MECHANISMS = new Set<number>([CKM_EDDSA, pkcs11js.CKM_ECDSA]);
+/** At most this much signing per event-loop turn on the loop (the event-loop delay goal is 50 ms). */
+const LOOP_SIGN_BUDGET_MS = 10;
+/** A signature slower than this, LOOP_SIGN_SLOW_RUN times in a row, takes signing off the loop. */
+const LOOP_SIGN_SLOW_MS = 1;
+const LOOP_SIGN_SLOW_RUN = 8;
 
 function gcm(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
   return {

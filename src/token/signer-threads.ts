@@ -30,6 +30,8 @@ type SignReply = { id: number; signature: Uint8Array } | { id: number; error: { 
 const own = (b: Buffer): Uint8Array => new Uint8Array(b);
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
+/** A worker posts its replies at least this often while it works through a batch of jobs. */
+const REPLY_EVERY_MS = 1;
 const SESSION_FLAGS = pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION;
 const SESSION_GONE = new Set([0xb0 /* CKR_SESSION_CLOSED */, 0xb3 /* CKR_SESSION_HANDLE_INVALID */]);
 
@@ -47,8 +49,21 @@ function runWorker(modulePath: string): void {
     p11.C_SignInit(s, job.mechanism, asBuffer(job.key));
     return p11.C_Sign(s, input(asBuffer(job.data)), Buffer.allocUnsafe(1024));
   };
+  // Replies go back together, at least every REPLY_EVERY_MS of signing: each postMessage costs
+  // both threads ~10 µs and wakes the main thread once (measured: 20 → 10 µs of main-thread CPU
+  // per ECDSA signature), while a long batch still answers its first jobs early.
   parentPort!.on('message', (jobs: SignJob[]) => {
-    for (const job of jobs) parentPort!.postMessage(run(job));
+    let replies: SignReply[] = [];
+    let since = 0;
+    for (const job of jobs) {
+      if (!replies.length) since = performance.now();
+      replies.push(run(job));
+      if (performance.now() - since >= REPLY_EVERY_MS) {
+        parentPort!.postMessage(replies);
+        replies = [];
+      }
+    }
+    if (replies.length) parentPort!.postMessage(replies);
   });
   const run = (job: SignJob): SignReply => {
     let reply: SignReply;
@@ -84,13 +99,15 @@ export class SignerThreads {
     for (let i = 0; i < count; i++) {
       const worker = new Worker(new URL(import.meta.url), { workerData: { kmsdSigner: modulePath } });
       const entry = { worker, queued: 0, outbox: [] as SignJob[] };
-      worker.on('message', (m: SignReply) => {
-        const w = this.waiting.get(m.id);
-        if (!w) return;
-        this.waiting.delete(m.id);
-        w.w.queued--;
-        if ('signature' in m) w.resolve(asBuffer(m.signature));
-        else w.reject(new pkcs11js.Pkcs11Error(m.error.message, m.error.code, m.error.method));
+      worker.on('message', (replies: SignReply[]) => {
+        for (const m of replies) {
+          const w = this.waiting.get(m.id);
+          if (!w) continue;
+          this.waiting.delete(m.id);
+          w.w.queued--;
+          if ('signature' in m) w.resolve(asBuffer(m.signature));
+          else w.reject(new pkcs11js.Pkcs11Error(m.error.message, m.error.code, m.error.method));
+        }
       });
       worker.on('error', () => this.fail());
       worker.on('exit', () => this.fail());

@@ -33,6 +33,19 @@ export interface WorkingCopyReport {
     /** per key type: session copies of its private key after signing, their attributes, and whether the signature verifies */
     async: Record<string, { sessionCopies: number; attrs: { token: boolean; sensitive: boolean; extractable: boolean }; verifies: boolean }>;
     threads: Record<string, { sessionCopies: number; verifies: boolean }>;
+    /**
+     * signOnLoop (a process per core): per key type, session copies, whether the signature
+     * verifies and whether sign() had settled before control went back to the event loop (it
+     * ran on the loop); `rsa`: whether an RSA signature had (it must not: too slow for the loop);
+     * `budget`: of many Ed25519 signatures started in one event-loop turn, how many had settled
+     * (the rest go to the signing thread) and how many verify.
+     */
+    loop: {
+      keys: Record<string, { sessionCopies: number; verifies: boolean; settledOnLoop: boolean }>;
+      rsaSettledOnLoop: boolean;
+      budget: { started: number; settledOnLoop: number; verify: number };
+      stillOnLoop: boolean;
+    };
     /** after the keys were destroyed: their private session copies */
     afterDestroy: number;
   };
@@ -146,7 +159,14 @@ async function main(label: string, pin: string): Promise<WorkingCopyReport> {
 
   // Private signing keys: signed through their working copy, on the async path and on signing threads.
   const bool2 = (x: pkcs11js.Attribute) => (x.value as Buffer)[0] === 1;
-  const signing: WorkingCopyReport['signing'] = { async: {}, threads: {}, afterDestroy: -1 };
+  const signing: WorkingCopyReport['signing'] = {
+    async: {},
+    threads: {},
+    loop: { keys: {}, rsaSettledOnLoop: true, budget: { started: 0, settledOnLoop: 0, verify: 0 }, stillOnLoop: false },
+    afterDestroy: -1,
+  };
+  /** Whether `p` has settled before anything else runs: it is first in the race's reactions. */
+  const settledNow = (x: Promise<unknown>) => Promise.race([x.then(() => true), Promise.resolve().then(() => false)]);
   const made: Buffer[] = [];
   for (const [threads, into] of [
     [0, signing.async],
@@ -175,6 +195,47 @@ async function main(label: string, pin: string): Promise<WorkingCopyReport> {
         };
       } else (into as WorkingCopyReport['signing']['threads'])[name] = { sessionCopies: copies.length, verifies };
     }
+    for (const id of made.splice(0)) await st.destroy(id);
+    signing.afterDestroy = Math.max(signing.afterDestroy, find(undefined, false, pkcs11js.CKO_PRIVATE_KEY).length);
+    await st.shutdown();
+  }
+  {
+    // A process per core: EdDSA/ECDSA sign on the event loop, one signing thread for the rest.
+    const st = new RegionToken({ ...settings, workingCopies: 4, signerThreads: 1, signOnLoop: true });
+    st.connect();
+    const keyOf = async (name: string, spec: Parameters<RegionToken['generate']>[0]) => {
+      const id = Buffer.from(`probe/l${name}/${randomBytes(4).toString('hex')}`);
+      made.push(id);
+      await st.generate(spec, { ckaId: id, label: 'probe', extractable: false });
+      return id;
+    };
+    for (const [name, spec, mech] of [
+      ['ed25519', { kind: 'ed25519' } as const, { mechanism: 0x1057 }],
+      ['ecdsa-p256', { kind: 'ec', curve: 'P-256' } as const, { mechanism: pkcs11js.CKM_ECDSA }],
+    ] as const) {
+      const id = await keyOf(name, spec);
+      const data = randomBytes(32);
+      await st.sign(id, mech, data); // the first signature makes the copy
+      await new Promise((r) => setImmediate(r)); // a fresh event-loop turn
+      const pending = st.sign(id, mech, data);
+      const settledOnLoop = await settledNow(pending);
+      signing.loop.keys[name] = { sessionCopies: find(id, false, pkcs11js.CKO_PRIVATE_KEY).length, verifies: await st.verify(id, mech, data, await pending), settledOnLoop };
+    }
+    const rsa = await keyOf('rsa', { kind: 'rsa', bits: 2048 });
+    const pkcs1 = { mechanism: pkcs11js.CKM_SHA256_RSA_PKCS };
+    signing.loop.rsaSettledOnLoop = await settledNow(st.sign(rsa, pkcs1, randomBytes(32)));
+    // Many signatures started in one turn: the loop takes its budget, the thread the rest.
+    const ed = made[0]!;
+    const edMech = { mechanism: 0x1057 };
+    await new Promise((r) => setImmediate(r));
+    const data = randomBytes(32);
+    const batch = Array.from({ length: 400 }, () => st.sign(ed, edMech, data));
+    const settled = await Promise.all(batch.map(settledNow));
+    const sigs = await Promise.all(batch);
+    let verify = 0;
+    for (const sig of sigs) if (await st.verify(ed, edMech, data, sig)) verify++;
+    signing.loop.budget = { started: batch.length, settledOnLoop: settled.filter(Boolean).length, verify };
+    signing.loop.stillOnLoop = st.signingOnLoop;
     for (const id of made.splice(0)) await st.destroy(id);
     signing.afterDestroy = Math.max(signing.afterDestroy, find(undefined, false, pkcs11js.CKO_PRIVATE_KEY).length);
     await st.shutdown();

@@ -174,12 +174,20 @@ describe('foundation: config, auth, token layer, store, readiness, shutdown', fu
       expect(r.notCopyable).to.deep.equal({ encrypts: true, copies: 0, sessionObjects: 0, tokenObjectsAfterForget: 1, encryptsAfterForget: true });
     });
 
-    it('private signing keys are used through session working copies too (async path and signing threads)', () => {
+    it('private signing keys are used through session working copies too (async path, signing threads, event loop)', () => {
       stack.initToken('probe-signing');
       const r = probeWorkingCopies(stack, 'probe-signing').signing;
       const copy = { sessionCopies: 1, attrs: { token: false, sensitive: true, extractable: false }, verifies: true };
       expect(r.async).to.deep.equal({ ed25519: copy, 'ecdsa-p256': copy });
       expect(r.threads).to.deep.equal({ ed25519: { sessionCopies: 1, verifies: true }, 'ecdsa-p256': { sessionCopies: 1, verifies: true } });
+      // a process per core: EdDSA/ECDSA sign on the event loop (settled before the loop runs
+      // again), RSA never; past the turn's budget the signing thread takes the rest
+      const onLoop = { sessionCopies: 1, verifies: true, settledOnLoop: true };
+      expect(r.loop.keys).to.deep.equal({ ed25519: onLoop, 'ecdsa-p256': onLoop });
+      expect(r.loop.rsaSettledOnLoop).to.equal(false);
+      expect(r.loop.budget.verify).to.equal(r.loop.budget.started);
+      expect(r.loop.budget.settledOnLoop).to.be.within(1, r.loop.budget.started - 1);
+      expect(r.loop.stillOnLoop).to.equal(true);
       expect(r.afterDestroy).to.equal(0);
     });
 
