@@ -317,6 +317,16 @@ async function phaseBaselines(): Promise<void> {
       (note) => rows.push({ section: 'baseline', id: kind, figure, value: null, unit, note }),
     );
   }
+  // The session copy is the faster loop on a quiet machine (measured); when a neighbour's burst
+  // made the token-object loop faster in this run, that figure is the ceiling the goal is held to.
+  for (const id of ['raw-pkcs11-ed25519', 'raw-pkcs11-ecdsa-p256']) {
+    const copy = B[id];
+    const tokenObject = B[`${id}-token-object`];
+    if (!copy || !tokenObject || tokenObject.value <= copy.value) continue;
+    B[id] = { ...tokenObject };
+    const row = rows.find((r) => r.id === id && r.section === 'baseline');
+    if (row) row.note = `session-copy loop ${copy.value.toFixed(0)} ${copy.unit}; the token-object loop measured faster in this run, so the goal uses its figure`;
+  }
 }
 
 const ECHO_PATH = '/v1/kms/nl-01/keys/bench-aes/encrypt';
@@ -712,13 +722,14 @@ async function signWorkloads(d: BenchDaemon, keys: MainKeys, processes: number):
         const p = `/v1/kms/nl-01/keys/${key}/sign`;
         await precheck(d, p, body);
         const { r } = await measure({ url: `${d.url}${p}`, body, headers }, { serverPid: d.proc.pid });
-        log(`  ${id}: ${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms; ${cpuText(r)}`);
+        const perRequest = r.serverCpu !== undefined ? `; server CPU per request ${((r.serverCpu * 10_000) / r.reqPerSec).toFixed(0)} µs` : '';
+        log(`  ${id}: ${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms; ${cpuText(r)}${perRequest}`);
         const scope = goal
           ? processes === 1
             ? 'goal row: one core, so 1 process is workers = cores'
             : `goal row at workers = cores (the shipped configuration; 1-process figure: ${base}-1proc)`
           : 'info: 1 process (goal row at workers = cores)';
-        row(r.reqPerSec, { note: [scope, loadNote(r), cpuText(r)].filter(Boolean).join('; '), detail: loadDetail(r) });
+        row(r.reqPerSec, { note: [scope, loadNote(r), cpuText(r) + perRequest].filter(Boolean).join('; '), detail: loadDetail(r) });
         if (!goal) B[id] = { value: r.reqPerSec, unit: 'req/s' };
         else if (B[`${base}-1proc`])
           goalRow(`${base}:scaling`, `${what} sign, ${processes} processes against 1 process`, r.reqPerSec, 'req/s', `${base}-1proc`, '>=', 1.0);
