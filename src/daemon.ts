@@ -50,7 +50,7 @@ const SIGNER_THREADS_PER_REGION = 2;
  * takes what exceeds the loop's budget and the slow mechanisms. With fewer processes than
  * cores the threads sign, so the spare cores do.
  */
-function signingPlan(config: Config): { signerThreads: number; signOnLoop: boolean } {
+function signingSetup(config: Config): { signerThreads: number; signOnLoop: boolean } {
   const cores = os.availableParallelism();
   const processes = config.workers === 0 ? cores : config.workers;
   return processes >= cores ? { signerThreads: 1, signOnLoop: true } : { signerThreads: SIGNER_THREADS_PER_REGION, signOnLoop: false };
@@ -119,7 +119,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   await lease?.start();
   const creatorAlive = lease?.alive ?? localProcessAlive;
   const tokens = new Map<string, RegionToken>();
-  const signing = signingPlan(config);
+  const signing = signingSetup(config);
   for (const r of config.regions) {
     const pin = readSecret(r.pinEnv, r.pinFile, `regions[${r.name}] PIN`);
     // labelled children resolved once per operation name: no label hashing per token call
