@@ -101,7 +101,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
       return { body: { batch: results } };
     }
     versionOf(ctx, body.keyVersion);
-    const out = s.crypto.encrypt(key, b(body.plaintext), b(body.aad), body.keyVersion);
+    const out = await s.crypto.encryptInBurst(key, b(body.plaintext), b(body.aad), body.keyVersion);
     versionOf(ctx, out.keyVersion);
     return { body: out };
   });
