@@ -21,10 +21,14 @@ interface Done {
 export class ClusterAuditSink implements AuditSink {
   readonly pipelined = true;
   /**
-   * Each batch is an IPC message (JSON over a pipe, both ways): one committing and one waiting
-   * keep the primary busy, and what arrives meanwhile travels as one batch.
+   * No bound (like the writer thread): each event-loop turn's records go to the primary at once
+   * and join its next commit. A bound of 2 batches in flight made records wait in the worker for
+   * an answer, then for the commit under way, then their own: a response waited ~3 commits
+   * instead of ~1.5, and with 50 connections the workers idled (measured, 2 workers, interleaved:
+   * 25 % fewer req/s and 20 % more CPU per request, as fewer requests shared each turn's costs).
+   * Each batch is one small IPC message (JSON over the pipe, ~4 µs a record to send).
    */
-  readonly maxInFlight = 2;
+  readonly maxInFlight = Infinity;
   private readonly pending = new PendingAppends();
 
   constructor() {

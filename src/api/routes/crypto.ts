@@ -101,7 +101,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
       return { body: { batch: results } };
     }
     versionOf(ctx, body.keyVersion);
-    const out = s.crypto.encrypt(key, b(body.plaintext), b(body.aad), body.keyVersion);
+    const out = await s.crypto.encryptInBurst(key, b(body.plaintext), b(body.aad), body.keyVersion);
     versionOf(ctx, out.keyVersion);
     return { body: out };
   });
@@ -121,7 +121,7 @@ export function cryptoOperations(s: Services): CryptoOperation[] {
     }
     // Named before the attempt, so a failed decrypt is audited with the version its input named.
     versionOf(ctx, namedVersion(body.ciphertext));
-    const out = s.crypto.decrypt(key, body.ciphertext!, b(body.aad));
+    const out = await s.crypto.decryptInBurst(key, body.ciphertext!, b(body.aad));
     versionOf(ctx, out.keyVersion);
     return { body: { plaintext: out.plaintext.toString('base64'), keyVersion: out.keyVersion } };
   });
