@@ -1,8 +1,7 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual, type Hash as NodeHash, type Hmac } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import { Hash } from '@smithy/core/serde';
-import { SignatureV4 } from '@smithy/signature-v4';
-import type { HttpRequest, QueryParameterBag } from '@smithy/types';
+import { ALGORITHM_IDENTIFIER, createScope, getCanonicalHeaders, getSigningKey, SignatureV4 } from '@smithy/signature-v4';
+import type { Checksum, HeaderBag, HttpRequest, QueryParameterBag, SourceData } from '@smithy/types';
 import { xksAuthFailed } from './errors.js';
 
 /**
@@ -89,13 +88,75 @@ function parseQuery(raw: string): QueryParameterBag {
 }
 
 /**
+ * node:crypto SHA-256 / HMAC-SHA256 in the shape smithy's signer takes (a Checksum constructor).
+ * Smithy's own `Hash` adapter copies every input through its source-data casts first.
+ */
+class NodeSha256 implements Checksum {
+  private readonly h: NodeHash | Hmac;
+  constructor(secret?: SourceData) {
+    this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', toBytes(secret));
+  }
+  update(data: Uint8Array): void {
+    this.h.update(data);
+  }
+  digest(): Promise<Uint8Array> {
+    return Promise.resolve(this.h.digest());
+  }
+  reset(): void {
+    throw new Error('NodeSha256 is single-use');
+  }
+}
+
+function toBytes(d: SourceData): Uint8Array | string {
+  if (typeof d === 'string' || d instanceof Uint8Array) return d;
+  return ArrayBuffer.isView(d) ? new Uint8Array(d.buffer, d.byteOffset, d.byteLength) : new Uint8Array(d);
+}
+
+/**
+ * AWS's signer with its canonicalisation steps opened to the verifier: the canonical request
+ * (path normalisation and escaping, sorted query, header list) and the string to sign are
+ * smithy's own code; only what a signer adds around them (credential and region providers, a
+ * clone of the request, the Authorization header text, a signing-key lookup that HMACs the
+ * secret on every call to find its cache entry) is left out.
+ */
+class CanonicalSigner extends SignatureV4 {
+  constructor(service: string, region: string) {
+    // The credentials are never used: signing keys are derived per access key (see signingKey).
+    super({ service, region, credentials: { accessKeyId: '', secretAccessKey: '' }, sha256: NodeSha256, applyChecksum: false });
+  }
+
+  /** X-Amz-Date as the signer writes it (YYYYMMDDTHHMMSSZ) and its day. */
+  dates(date: Date): { longDate: string; shortDate: string } {
+    return this.formatDate(date);
+  }
+
+  /** The SigV4 string to sign of a request whose signed headers are `canonicalHeaders`. */
+  stringToSign(request: HttpRequest, canonicalHeaders: HeaderBag, payloadHash: string, longDate: string, scope: string): Promise<string> {
+    return this.createStringToSign(longDate, scope, this.createCanonicalRequest(request, canonicalHeaders, payloadHash), ALGORITHM_IDENTIFIER);
+  }
+}
+
+/** Days whose signing keys a credential keeps (the clock skew allows at most two at once). */
+const SIGNING_KEY_DAYS = 3;
+/** What the signer drops from a request and writes itself (smithy's prepareRequest): never part of the canonical headers. */
+const GENERATED = new Set(['authorization', 'date']);
+const NO_QUERY: QueryParameterBag = Object.freeze(Object.create(null) as QueryParameterBag);
+
+interface Secret {
+  credentials: XksCredential;
+  /** Signing keys by day (YYYYMMDD), derived by smithy's getSigningKey. */
+  keys: Map<string, Promise<Uint8Array>>;
+}
+
+/**
  * SigV4 verification for one keystore: recomputes the signature over the received request
- * with @smithy/signature-v4 (the AWS SDK's signer, so canonicalisation is not ours) using the
- * secret the access key id names, and compares in constant time. Up to two credentials are
+ * with @smithy/signature-v4's canonicalisation (the AWS SDK's signer, so it is not ours) using
+ * the secret the access key id names, and compares in constant time. Up to two credentials are
  * accepted at once so operators can rotate (spec, "SigV4 credentials rotation").
  */
 export class SigV4Verifier {
-  private readonly signers = new Map<string, SignatureV4>();
+  private readonly secrets = new Map<string, Secret>();
+  private readonly signer: CanonicalSigner;
   private readonly service: string;
   private readonly nowMs: () => number;
   private readonly failWith: (kind: SigV4Failure, message: string) => Error;
@@ -108,26 +169,27 @@ export class SigV4Verifier {
     this.service = options.service ?? XKS_SERVICE;
     this.nowMs = options.nowMs ?? Date.now;
     this.failWith = options.fail ?? ((_kind, m) => xksAuthFailed(m));
-    for (const c of credentials)
-      this.signers.set(
-        c.accessKeyId,
-        new SignatureV4({
-          service: this.service,
-          region,
-          credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey },
-          sha256: Hash.bind(null, 'sha256'),
-          // The payload hash is recomputed from the body below, never added as a header.
-          applyChecksum: false,
-        }),
-      );
+    this.signer = new CanonicalSigner(this.service, region);
+    for (const c of credentials) this.secrets.set(c.accessKeyId, { credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey }, keys: new Map() });
+  }
+
+  /** The day's signing key of a credential (kDate → kRegion → kService → kSigning, smithy's derivation), derived once per day. */
+  private signingKey(secret: Secret, shortDate: string): Promise<Uint8Array> {
+    let key = secret.keys.get(shortDate);
+    if (!key) {
+      key = getSigningKey(NodeSha256, secret.credentials, shortDate, this.region, this.service);
+      secret.keys.set(shortDate, key);
+      if (secret.keys.size > SIGNING_KEY_DAYS) secret.keys.delete(secret.keys.keys().next().value!);
+    }
+    return key;
   }
 
   /** Resolves to the access key id that signed the request; throws AuthenticationFailedException. */
   async verify(req: ReceivedRequest): Promise<string> {
     const fail = (m: string) => this.failWith('invalid', m);
     const auth = parseAuthorization(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined, fail);
-    const signer = this.signers.get(auth.accessKeyId);
-    if (!signer) throw this.failWith('unknownAccessKey', 'unknown access key id');
+    const secret = this.secrets.get(auth.accessKeyId);
+    if (!secret) throw this.failWith('unknownAccessKey', 'unknown access key id');
     if (auth.service !== this.service) throw fail(`credential scope names service ${auth.service}, expected ${this.service}`);
     if (auth.region !== this.region) throw fail(`credential scope names region ${auth.region}, expected ${this.region}`);
     const signed = new Set(auth.signedHeaders);
@@ -137,32 +199,35 @@ export class SigV4Verifier {
     if (Math.abs(this.nowMs() - date.getTime()) > MAX_CLOCK_SKEW_MS) throw fail('X-Amz-Date is more than 5 minutes off');
     if (auth.date !== String(req.headers['x-amz-date']).slice(0, 8)) throw fail('credential scope date does not match X-Amz-Date');
 
+    const { longDate, shortDate } = this.signer.dates(date);
     const headers = Object.create(null) as Record<string, string>;
     for (const name of signed) {
       const v = req.headers[name];
       if (v === undefined) throw fail(`signed header ${name} is missing`);
-      headers[name] = Array.isArray(v) ? v.join(',') : v;
+      if (!GENERATED.has(name)) headers[name] = Array.isArray(v) ? v.join(',') : v;
     }
+    // As the signer does: X-Amz-Date is the signing date it formats, whatever the header's spelling.
+    headers['x-amz-date'] = longDate;
     // A signed x-amz-content-sha256 replaces the payload hash in the canonical request, so
     // it must be the body's real hash, or a replayed signature could carry another body.
+    const bodyHash = createHash('sha256').update(req.body).digest('hex');
     const claimed = headers['x-amz-content-sha256'];
-    if (claimed !== undefined && claimed !== createHash('sha256').update(req.body).digest('hex'))
-      throw fail('x-amz-content-sha256 does not match the body');
+    if (claimed !== undefined && claimed !== bodyHash) throw fail('x-amz-content-sha256 does not match the body');
 
     const request: HttpRequest = {
       method: req.method,
       protocol: 'https:',
       hostname: headers.host!,
       path: req.path,
-      query: parseQuery(req.query),
+      query: req.query ? parseQuery(req.query) : NO_QUERY,
       headers,
       body: req.body,
     };
-    const out = await signer.sign(request, { signingDate: date, signableHeaders: signed });
-    const expected = /Signature=([0-9a-f]{64})$/.exec(String(out.headers.authorization ?? ''))?.[1];
-    const a = Buffer.from(expected ?? '', 'hex');
-    const b = Buffer.from(auth.signature, 'hex');
-    if (a.length !== 32 || b.length !== 32 || !timingSafeEqual(a, b)) throw fail('signature does not match');
+    const canonicalHeaders = getCanonicalHeaders(request, undefined, signed);
+    const scope = createScope(shortDate, this.region, this.service);
+    const [key, stringToSign] = await Promise.all([this.signingKey(secret, shortDate), this.signer.stringToSign(request, canonicalHeaders, bodyHash, longDate, scope)]);
+    const expected = createHmac('sha256', key).update(stringToSign).digest();
+    if (!timingSafeEqual(expected, Buffer.from(auth.signature, 'hex'))) throw fail('signature does not match');
     return auth.accessKeyId;
   }
 }
