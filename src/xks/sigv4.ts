@@ -1,4 +1,4 @@
-import { createHash, createHmac, timingSafeEqual, type Hash as NodeHash, type Hmac } from 'node:crypto';
+import crypto, { createHash, createHmac, timingSafeEqual, type BinaryLike, type Hmac } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { ALGORITHM_IDENTIFIER, createScope, getCanonicalHeaders, getSigningKey, SignatureV4 } from '@smithy/signature-v4';
 import type { Checksum, HeaderBag, HttpRequest, QueryParameterBag, SourceData } from '@smithy/types';
@@ -53,17 +53,31 @@ interface ParsedAuthorization {
   signature: string;
 }
 
-function parseAuthorization(header: string | undefined, fail: (m: string) => Error): ParsedAuthorization {
-  const m = header ? AUTH.exec(header.trim()) : null;
-  if (!m) throw fail('missing or malformed Authorization header (expected AWS4-HMAC-SHA256)');
+/** The form every AWS signer writes (members in this order, `, ` between them): parsed by one regex. */
+const CANONICAL_AUTH = /^AWS4-HMAC-SHA256 Credential=([^,\s]*),\s*SignedHeaders=([^,\s]*),\s*Signature=([0-9a-f]{64})$/;
+
+/** Credential, SignedHeaders and Signature of an Authorization header ('' when absent); null: not AWS4-HMAC-SHA256. */
+function authorizationFields(header: string): { credential: string; signedHeaders: string; signature: string } | null {
+  const trimmed = header.trim();
+  const c = CANONICAL_AUTH.exec(trimmed);
+  if (c) return { credential: c[1]!, signedHeaders: c[2]!, signature: c[3]! };
+  // Any other spelling the general rule allows: members in any order, optional spaces.
+  const m = AUTH.exec(trimmed);
+  if (!m) return null;
   const fields = new Map<string, string>();
   for (const part of m[1]!.split(/,\s*/)) {
     const eq = part.indexOf('=');
     if (eq > 0) fields.set(part.slice(0, eq).trim(), part.slice(eq + 1).trim());
   }
-  const scope = (fields.get('Credential') ?? '').split('/');
-  const signedHeaders = (fields.get('SignedHeaders') ?? '').split(';').filter(Boolean);
-  const signature = fields.get('Signature') ?? '';
+  return { credential: fields.get('Credential') ?? '', signedHeaders: fields.get('SignedHeaders') ?? '', signature: fields.get('Signature') ?? '' };
+}
+
+function parseAuthorization(header: string | undefined, fail: (m: string) => Error): ParsedAuthorization {
+  const fields = header ? authorizationFields(header) : null;
+  if (!fields) throw fail('missing or malformed Authorization header (expected AWS4-HMAC-SHA256)');
+  const scope = fields.credential.split('/');
+  const signedHeaders = fields.signedHeaders.split(';').filter(Boolean);
+  const signature = fields.signature;
   if (scope.length !== 5 || scope[4] !== 'aws4_request' || !signedHeaders.length || !SIGNATURE.test(signature))
     throw fail('malformed Authorization header: Credential, SignedHeaders and Signature are required');
   const [accessKeyId, date, region, service] = scope as [string, string, string, string];
@@ -88,19 +102,28 @@ function parseQuery(raw: string): QueryParameterBag {
 }
 
 /**
- * node:crypto SHA-256 / HMAC-SHA256 in the shape smithy's signer takes (a Checksum constructor).
- * Smithy's own `Hash` adapter copies every input through its source-data casts first.
+ * SHA-256 in one call. Node ≥ 20.12's crypto.hash makes no Hash object: each of those is a
+ * native handle the garbage collector has to finalise, a large part of a verification's cost.
  */
+const oneShotHash = (crypto as { hash?: (algorithm: string, data: BinaryLike, encoding: 'buffer') => Buffer }).hash;
+function sha256(data: BinaryLike): Buffer {
+  return oneShotHash ? oneShotHash('sha256', data, 'buffer') : createHash('sha256').update(data).digest();
+}
+
+/** node:crypto SHA-256 / HMAC-SHA256 in the shape smithy's signer takes (a Checksum constructor). */
 class NodeSha256 implements Checksum {
-  private readonly h: NodeHash | Hmac;
+  private readonly hmac: Hmac | undefined;
+  private data: Uint8Array | undefined;
   constructor(secret?: SourceData) {
-    this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', toBytes(secret));
+    this.hmac = secret === undefined ? undefined : createHmac('sha256', toBytes(secret));
   }
   update(data: Uint8Array): void {
-    this.h.update(data);
+    if (this.hmac) this.hmac.update(data);
+    // Smithy hashes one piece (the canonical request); a second one is joined, never dropped.
+    else this.data = this.data ? Buffer.concat([this.data, data]) : data;
   }
   digest(): Promise<Uint8Array> {
-    return Promise.resolve(this.h.digest());
+    return Promise.resolve(this.hmac ? this.hmac.digest() : sha256(this.data ?? new Uint8Array(0)));
   }
   reset(): void {
     throw new Error('NodeSha256 is single-use');
@@ -142,6 +165,15 @@ const SIGNING_KEY_DAYS = 3;
 const GENERATED = new Set(['authorization', 'date']);
 const NO_QUERY: QueryParameterBag = Object.freeze(Object.create(null) as QueryParameterBag);
 
+interface SigningDate {
+  /** The X-Amz-Date header as received. */
+  header: string;
+  ms: number;
+  longDate: string;
+  shortDate: string;
+  scope: string;
+}
+
 interface Secret {
   credentials: XksCredential;
   /** Signing keys by day (YYYYMMDD), derived by smithy's getSigningKey. */
@@ -160,6 +192,7 @@ export class SigV4Verifier {
   private readonly service: string;
   private readonly nowMs: () => number;
   private readonly failWith: (kind: SigV4Failure, message: string) => Error;
+  private lastDate: SigningDate | undefined;
 
   constructor(
     credentials: XksCredential[],
@@ -184,6 +217,19 @@ export class SigV4Verifier {
     return key;
   }
 
+  /**
+   * An X-Amz-Date header taken apart: its time, the date the signer writes for it and the
+   * credential scope of its day. Requests signed in the same second share one (the last is kept).
+   */
+  private signingDate(v: string | string[] | undefined, fail: (m: string) => Error): SigningDate {
+    const last = this.lastDate;
+    if (last && v === last.header) return last;
+    const date = parseAmzDate(v, fail);
+    const { longDate, shortDate } = this.signer.dates(date);
+    this.lastDate = { header: v as string, ms: date.getTime(), longDate, shortDate, scope: createScope(shortDate, this.region, this.service) };
+    return this.lastDate;
+  }
+
   /** Resolves to the access key id that signed the request; throws AuthenticationFailedException. */
   async verify(req: ReceivedRequest): Promise<string> {
     const fail = (m: string) => this.failWith('invalid', m);
@@ -195,11 +241,10 @@ export class SigV4Verifier {
     const signed = new Set(auth.signedHeaders);
     if (!signed.has('host') || !signed.has('x-amz-date')) throw fail('SignedHeaders must include host and x-amz-date');
 
-    const date = parseAmzDate(req.headers['x-amz-date'], fail);
-    if (Math.abs(this.nowMs() - date.getTime()) > MAX_CLOCK_SKEW_MS) throw fail('X-Amz-Date is more than 5 minutes off');
-    if (auth.date !== String(req.headers['x-amz-date']).slice(0, 8)) throw fail('credential scope date does not match X-Amz-Date');
+    const { ms, header: amzDate, longDate, shortDate, scope } = this.signingDate(req.headers['x-amz-date'], fail);
+    if (Math.abs(this.nowMs() - ms) > MAX_CLOCK_SKEW_MS) throw fail('X-Amz-Date is more than 5 minutes off');
+    if (auth.date !== amzDate.slice(0, 8)) throw fail('credential scope date does not match X-Amz-Date');
 
-    const { longDate, shortDate } = this.signer.dates(date);
     const headers = Object.create(null) as Record<string, string>;
     for (const name of signed) {
       const v = req.headers[name];
@@ -210,7 +255,7 @@ export class SigV4Verifier {
     headers['x-amz-date'] = longDate;
     // A signed x-amz-content-sha256 replaces the payload hash in the canonical request, so
     // it must be the body's real hash, or a replayed signature could carry another body.
-    const bodyHash = createHash('sha256').update(req.body).digest('hex');
+    const bodyHash = sha256(req.body).toString('hex');
     const claimed = headers['x-amz-content-sha256'];
     if (claimed !== undefined && claimed !== bodyHash) throw fail('x-amz-content-sha256 does not match the body');
 
@@ -224,7 +269,6 @@ export class SigV4Verifier {
       body: req.body,
     };
     const canonicalHeaders = getCanonicalHeaders(request, undefined, signed);
-    const scope = createScope(shortDate, this.region, this.service);
     const [key, stringToSign] = await Promise.all([this.signingKey(secret, shortDate), this.signer.stringToSign(request, canonicalHeaders, bodyHash, longDate, scope)]);
     const expected = createHmac('sha256', key).update(stringToSign).digest();
     if (!timingSafeEqual(expected, Buffer.from(auth.signature, 'hex'))) throw fail('signature does not match');
