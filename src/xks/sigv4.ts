@@ -177,7 +177,7 @@ interface SigningDate {
 interface Secret {
   credentials: XksCredential;
   /** Signing keys by day (YYYYMMDD), derived by smithy's getSigningKey. */
-  keys: Map<string, Promise<Uint8Array>>;
+  keys: Map<string, Uint8Array>;
 }
 
 /**
@@ -206,14 +206,11 @@ export class SigV4Verifier {
     for (const c of credentials) this.secrets.set(c.accessKeyId, { credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey }, keys: new Map() });
   }
 
-  /** The day's signing key of a credential (kDate → kRegion → kService → kSigning, smithy's derivation), derived once per day. */
-  private signingKey(secret: Secret, shortDate: string): Promise<Uint8Array> {
-    let key = secret.keys.get(shortDate);
-    if (!key) {
-      key = getSigningKey(NodeSha256, secret.credentials, shortDate, this.region, this.service);
-      secret.keys.set(shortDate, key);
-      if (secret.keys.size > SIGNING_KEY_DAYS) secret.keys.delete(secret.keys.keys().next().value!);
-    }
+  /** The day's signing key of a credential (kDate → kRegion → kService → kSigning: smithy's getSigningKey), kept for the day. */
+  private async deriveSigningKey(secret: Secret, shortDate: string): Promise<Uint8Array> {
+    const key = await getSigningKey(NodeSha256, secret.credentials, shortDate, this.region, this.service);
+    secret.keys.set(shortDate, key);
+    if (secret.keys.size > SIGNING_KEY_DAYS) secret.keys.delete(secret.keys.keys().next().value!);
     return key;
   }
 
@@ -269,7 +266,8 @@ export class SigV4Verifier {
       body: req.body,
     };
     const canonicalHeaders = getCanonicalHeaders(request, undefined, signed);
-    const [key, stringToSign] = await Promise.all([this.signingKey(secret, shortDate), this.signer.stringToSign(request, canonicalHeaders, bodyHash, longDate, scope)]);
+    const stringToSign = await this.signer.stringToSign(request, canonicalHeaders, bodyHash, longDate, scope);
+    const key = secret.keys.get(shortDate) ?? (await this.deriveSigningKey(secret, shortDate));
     const expected = createHmac('sha256', key).update(stringToSign).digest();
     if (!timingSafeEqual(expected, Buffer.from(auth.signature, 'hex'))) throw fail('signature does not match');
     return auth.accessKeyId;
