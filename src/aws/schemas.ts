@@ -15,6 +15,9 @@ const blob = (min: number, max: number) =>
     .transform((s) => Buffer.from(s, 'base64'))
     .refine((b) => b.length >= min && b.length <= max, `must be ${min} to ${max} bytes`);
 
+/** The canonical form counts its pairs in 16 bits (see canonicalContext): more could not be bound as AAD. */
+const MAX_CONTEXT_PAIRS = 0xffff;
+
 /** KeyId's bounds (characters). */
 const KEY_ID_MAX = 2048;
 
@@ -28,7 +31,9 @@ const grantTokens = z.array(z.string().min(1).max(8192)).max(10).optional();
  * assignment and would drop that key, binding a different context than the caller named.
  */
 const encryptionContext = z
-  .custom<Record<string, string>>(isEncryptionContext, { message: 'must be an object of strings (keys of 1 to 8192 characters, values of at most 8192)' })
+  .custom<Record<string, string>>(isEncryptionContext, {
+    message: `must be an object of at most ${MAX_CONTEXT_PAIRS} strings (keys of 1 to 8192 characters, values of at most 8192)`,
+  })
   .transform((v) => copyStringMap(v))
   .optional();
 
@@ -37,6 +42,7 @@ function isEncryptionContext(v: unknown): v is Record<string, string> {
     v !== null &&
     typeof v === 'object' &&
     !Array.isArray(v) &&
+    Object.keys(v).length <= MAX_CONTEXT_PAIRS &&
     Object.entries(v).every(([k, x]) => k.length >= 1 && k.length <= 8192 && typeof x === 'string' && x.length <= 8192)
   );
 }

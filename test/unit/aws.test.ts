@@ -99,6 +99,16 @@ describe('unit: AWS KMS API ciphertext blob, encryption context and config', () 
     expect(Object.keys((validateRequest('Encrypt', protoContext) as { EncryptionContext: object }).EncryptionContext)).to.deep.equal(['__proto__', 'a']);
   });
 
+  it('an encryption context with more pairs than its canonical form can count (uint16) is a ValidationException, not an internal error', () => {
+    const context: Record<string, string> = {};
+    for (let i = 0; i < 65536; i++) context[`k${i}`] = '';
+    expect(() => validateRequest('Encrypt', { KeyId: 'k', Plaintext: 'AAAA', EncryptionContext: context }))
+      .to.throw(AwsError)
+      .with.property('errorName', 'ValidationException');
+    delete context.k0;
+    expect(canonicalContext((validateRequest('Encrypt', { KeyId: 'k', Plaintext: 'AAAA', EncryptionContext: context }) as { EncryptionContext: Record<string, string> }).EncryptionContext).readUInt16BE(0)).to.equal(65535);
+  });
+
   it('config: the aws block names its bad fields', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'kmsd-aws-config-'));
     try {
