@@ -56,17 +56,23 @@ export function decodeBlob(blob: Buffer): ParsedBlob {
  * an absent and an empty context are the same (empty bytes), as in AWS.
  */
 export function canonicalContext(context: Record<string, string> | undefined): Buffer {
-  if (!context) return Buffer.alloc(0);
-  const pairs = Object.entries(context).map(([k, v]) => [Buffer.from(k, 'utf8'), Buffer.from(v, 'utf8')] as const);
-  if (!pairs.length) return Buffer.alloc(0);
-  pairs.sort((a, b) => Buffer.compare(a[0], b[0]));
-  const parts: Buffer[] = [u16(pairs.length)];
-  for (const [k, v] of pairs) parts.push(u16(k.length), k, u16(v.length), v);
-  return Buffer.concat(parts);
+  if (!context) return EMPTY;
+  const keys = Object.keys(context);
+  if (!keys.length) return EMPTY;
+  // One buffer, written in place: this runs on every Encrypt, Decrypt and GenerateDataKey.
+  const pairs = keys.map((k) => [Buffer.from(k, 'utf8'), Buffer.from(context[k]!, 'utf8')] as const);
+  if (pairs.length > 1) pairs.sort((a, b) => Buffer.compare(a[0], b[0]));
+  let size = 2;
+  for (const [k, v] of pairs) size += 4 + k.length + v.length;
+  const out = Buffer.allocUnsafe(size);
+  let at = out.writeUInt16BE(pairs.length, 0);
+  for (const [k, v] of pairs) {
+    at = out.writeUInt16BE(k.length, at);
+    at += k.copy(out, at);
+    at = out.writeUInt16BE(v.length, at);
+    at += v.copy(out, at);
+  }
+  return out;
 }
 
-function u16(n: number): Buffer {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(n);
-  return b;
-}
+const EMPTY = Buffer.alloc(0);

@@ -21,7 +21,7 @@ const answerHeaders = (requestId: string) => ({ 'content-type': CONTENT_TYPE, 'x
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { ...answerHeaders(requestId), 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, { 'content-type': CONTENT_TYPE, 'x-amzn-RequestId': requestId, 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
 
@@ -55,6 +55,7 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
     const label = operation ?? 'unknown';
     const note: AuditNote = {};
     let cred: AwsCredential | undefined;
+    let bodyRead = false;
     let principal: string | null = null;
     let outcome = 'success';
     const audit = (result: AuditOutcome, detail: Record<string, unknown>) =>
@@ -71,8 +72,7 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
       });
     try {
       const raw = await readBody(req, bodyLimit);
-      // Claimed before verification so a rejected signature is still filed under its credential.
-      cred = credentials.byAccessKeyId.get(claimedAccessKeyId(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined) ?? '');
+      bodyRead = true;
       const url = req.url ?? '/';
       const q = url.indexOf('?');
       const accessKeyId = await credentials.verifier.verify({
@@ -98,6 +98,8 @@ export function awsRequestHandler(s: Services, credentials: AwsCredentials, repo
       await audit('success', note.detail ?? {});
       send(res, 200, reply, requestId);
     } catch (e) {
+      // A request rejected after its body was read (its signature, say) is filed under the credential it claims.
+      if (!cred && bodyRead) cred = credentials.byAccessKeyId.get(claimedAccessKeyId(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined) ?? '');
       const err = toAwsError(e);
       // The body was left unread (see readBody): the answer must go out before the connection is cut.
       const cut = e instanceof BodyTooLarge && e.cut;
