@@ -392,9 +392,12 @@ export class AwsOperations {
 
   // ---- encryption --------------------------------------------------------------------------
 
-  /** Symmetric Encrypt: the native encrypt with the canonical context as AAD, in kmsd's blob. */
-  private sealSymmetric(key: KeyRecord, plaintext: Buffer, context: Record<string, string> | undefined, note: AuditNote): Buffer {
-    const out = this.s.crypto.encrypt(key, plaintext, canonicalContext(context));
+  /**
+   * Symmetric Encrypt: the native encrypt (the same service call, its token call in the turn's
+   * burst) with the canonical context as AAD, in kmsd's blob.
+   */
+  private async sealSymmetric(key: KeyRecord, plaintext: Buffer, context: Record<string, string> | undefined, note: AuditNote): Promise<Buffer> {
+    const out = await this.s.crypto.encryptInBurst(key, plaintext, canonicalContext(context));
     const { version, data } = parseVersioned(out.ciphertext, 'ciphertext');
     note.keyVersion = out.keyVersion;
     return encodeBlob(key.identity, version, data);
@@ -423,7 +426,7 @@ export class AwsOperations {
     const { key, view } = this.usable(r, 'ENCRYPT_DECRYPT', 'Encrypt');
     if (!isAsymmetric(key.keyType)) {
       this.checkSymmetricAlgorithm(req.EncryptionAlgorithm);
-      const blob = this.sealSymmetric(key, req.Plaintext, req.EncryptionContext, note);
+      const blob = await this.sealSymmetric(key, req.Plaintext, req.EncryptionContext, note);
       return { CiphertextBlob: b64(blob), KeyId: this.keyArn(key.identity), EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' };
     }
     const hash = await this.oaep(key, view, req.EncryptionAlgorithm, req.EncryptionContext);
@@ -464,7 +467,7 @@ export class AwsOperations {
       note.keyIdentity = r.identity;
     }
     const { key } = this.usable(r, 'ENCRYPT_DECRYPT', 'Decrypt');
-    const out = this.s.crypto.decrypt(key, formatVersioned(parsed.version, parsed.sealed), canonicalContext(context));
+    const out = await this.s.crypto.decryptInBurst(key, formatVersioned(parsed.version, parsed.sealed), canonicalContext(context));
     note.keyVersion = out.keyVersion;
     return { key, plaintext: out.plaintext, algorithm: 'SYMMETRIC_DEFAULT' };
   }
@@ -488,7 +491,7 @@ export class AwsOperations {
       let alg = 'SYMMETRIC_DEFAULT';
       if (!isAsymmetric(dest.key.keyType)) {
         this.checkSymmetricAlgorithm(req.DestinationEncryptionAlgorithm);
-        blob = this.sealSymmetric(dest.key, source.plaintext, req.DestinationEncryptionContext, {});
+        blob = await this.sealSymmetric(dest.key, source.plaintext, req.DestinationEncryptionContext, {});
       } else {
         const hash = await this.oaep(dest.key, dest.view, req.DestinationEncryptionAlgorithm, req.DestinationEncryptionContext);
         const pem = this.s.crypto.publicKey(dest.key, dest.key.latestVersion).keys[String(dest.key.latestVersion)]!;
