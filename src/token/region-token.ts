@@ -100,6 +100,11 @@ export class RegionToken {
     }
   }
 
+  /** Settles when a running background build of the index turns out to be a large token's (see ObjectIndex.large). */
+  get indexIsLarge(): Promise<void> {
+    return this.index.large;
+  }
+
   /** Settles when the object index holds every token object (at once unless a background build runs). */
   get indexed(): Promise<void> {
     return this.index.building?.catch(() => undefined) ?? Promise.resolve();
