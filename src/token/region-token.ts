@@ -100,6 +100,11 @@ export class RegionToken {
     }
   }
 
+  /** True while the object index is built in the background (lookups that miss wait for it). */
+  get indexBuilding(): boolean {
+    return this.index.building !== undefined;
+  }
+
   /** Settles when a running background build of the index turns out to be a large token's (see ObjectIndex.large). */
   get indexIsLarge(): Promise<void> {
     return this.index.large;
