@@ -33,7 +33,8 @@ export class RegionToken {
   private readonly conn: TokenConnection;
   private readonly index: ObjectIndex;
   private readonly copies: WorkingCopies;
-  private readonly signer?: SignerThreads;
+  /** Started on the first signature (see `startSigner`). */
+  private signer?: SignerThreads;
 
   constructor(
     readonly settings: TokenSettings,
@@ -42,7 +43,6 @@ export class RegionToken {
     this.conn = new TokenConnection(settings);
     this.index = new ObjectIndex(this.conn, (e, what) => this.fail(e, what));
     this.copies = new WorkingCopies(this.conn, this.index, settings.workingCopies ?? 0);
-    if ((settings.signerThreads ?? 0) > 0) this.signer = new SignerThreads(settings.modulePath, settings.signerThreads!);
   }
 
   get available(): boolean {
@@ -440,7 +440,7 @@ export class RegionToken {
    * objects belong to the process, not to one session).
    */
   sign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
-    if (this.signer?.usable) return this.signOnThreads(ckaId, mechanism, data);
+    if (this.startSigner()?.usable) return this.signOnThreads(ckaId, mechanism, data);
     return this.withSessionAndHandle(
       ckaId,
       'private',
@@ -451,6 +451,16 @@ export class RegionToken {
       },
       true,
     );
+  }
+
+  /**
+   * The signing threads, started on first use: a daemon that never signs does not pay for them
+   * (~8 MB of RSS each, and their start competes with the daemon's own at a cold start).
+   */
+  private startSigner(): SignerThreads | undefined {
+    const n = this.settings.signerThreads ?? 0;
+    if (!this.signer && n > 0) this.signer = new SignerThreads(this.settings.modulePath, n);
+    return this.signer;
   }
 
   private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {

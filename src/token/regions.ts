@@ -56,8 +56,9 @@ export class RegionRegistry {
       this.log.warn('region token unavailable', { region: name, reason: (e as Error).message });
       return false;
     }
-    // Off the start-up path: an RSA key pair generation and a few trial unwraps.
-    this.probes.set(name, this.probe(name));
+    // Off the start-up path: an RSA key pair generation and a few trial unwraps, after the index
+    // build (on a large token both would compete for the CPU while the daemon starts serving).
+    this.probes.set(name, t.indexed.then(() => this.probe(name)));
     const connected = async () => {
       this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
       await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
