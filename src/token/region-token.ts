@@ -455,7 +455,7 @@ export class RegionToken {
 
   /**
    * The signing threads, started on first use: a daemon that never signs does not pay for them
-   * (~8 MB of RSS each, and their start competes with the daemon's own at a cold start).
+   * (~8–9 MB of RSS each, and their start competes with the daemon's own at a cold start).
    */
   private startSigner(): SignerThreads | undefined {
     const n = this.settings.signerThreads ?? 0;
