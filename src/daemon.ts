@@ -30,6 +30,7 @@ import { Scheduler } from './scheduler/scheduler.js';
 import { ChangeFeed } from './store/change-feed.js';
 import { openStore } from './store/open.js';
 import type { Store } from './store/store.js';
+import { Pkcs11Library } from './token/module.js';
 import { RegionToken } from './token/region-token.js';
 import { RegionRegistry } from './token/regions.js';
 import type { XksServer } from './xks/server.js';
@@ -78,12 +79,22 @@ async function loadClockOffset(store: Store, clock: Clock, log: Logger): Promise
   clock.setOffset(stored);
 }
 
+/** Key versions the metadata holds in a region: about how many objects its token holds. */
+function versionsIn(cache: KeyCache, region: string): number {
+  let n = 0;
+  for (const k of cache.all()) if (k.region === region) n += k.versions.length;
+  return n;
+}
+
 /**
  * The composition root: config → store → tokens → services → HTTP. Everything mutable lives
  * in the objects built here; nothing below reads env or files on its own.
  */
 export async function startDaemon(config: Config, log: Logger = createLogger(config.logLevel)): Promise<RunningDaemon> {
   const startedAtMs = Date.now();
+  // C_Initialize of each token's library (seconds on a large SoftHSM2 token: it reads every
+  // object) runs on a thread meanwhile; the regions connect once it is done (connectAll).
+  for (const path of new Set(config.regions.map((r) => r.pkcs11Module))) void Pkcs11Library.initializeInBackground(path);
   const metrics = new Metrics();
   const clock = new Clock();
   const store = await openStore(config, log, {
@@ -92,6 +103,21 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   });
   const cache = new KeyCache(store.keys);
   const principals = new PrincipalDirectory(config.principals, store.principals);
+  // SQLite: a cluster worker sends its rows to the primary (the data dir's one writer); else a
+  // writer thread with its own connection (started while the metadata loads). PostgreSQL: every
+  // process appends under the chain lock.
+  const auditSink = store.kind === 'postgres' ? undefined : cluster.isWorker ? new ClusterAuditSink() : ThreadedAuditSink.start(config.dataDir);
+
+  const feed = new ChangeFeed(store.changeSignal(), store.changes, async (ids) => {
+    if (ids.delete(PRINCIPALS_CHANGED)) await principals.reload();
+    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(store, clock, log);
+    await cache.reload(ids);
+  });
+  const loaded = (async () => {
+    await feed.init(); // first: a change committed during the load is replayed, not lost
+    await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(store, clock, log)]);
+  })();
+  const [sink] = await Promise.all([auditSink, loaded]);
   const audit = new AuditLog(
     store.audit,
     clock,
@@ -99,18 +125,8 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
       metrics.auditBatch.observe(n);
       metrics.auditCommit.observe(seconds);
     },
-    // SQLite: a cluster worker sends its rows to the primary (the data dir's one writer); else a
-    // writer thread with its own connection. PostgreSQL: every process appends under the chain lock.
-    store.kind === 'postgres' ? undefined : cluster.isWorker ? new ClusterAuditSink() : await ThreadedAuditSink.start(config.dataDir),
+    sink,
   );
-
-  const feed = new ChangeFeed(store.changeSignal(), store.changes, async (ids) => {
-    if (ids.delete(PRINCIPALS_CHANGED)) await principals.reload();
-    if (ids.delete(CLOCK_CHANGED)) await loadClockOffset(store, clock, log);
-    await cache.reload(ids);
-  });
-  await feed.init();
-  await Promise.all([cache.loadAll(), principals.reload(), loadClockOffset(store, clock, log)]);
   if (config.testing.clockControl) log.warn('testing.clockControl is ON: the daemon clock can be moved over HTTP. Never use this in production.');
 
   const installation = await installationId(store);
@@ -146,10 +162,15 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   cache.onRemoved = (k) => {
     for (const v of k.versions) tokens.get(k.region)?.forget(Buffer.from(v.ckaId));
   };
-  const regions = new RegionRegistry(tokens, log, async (region) => {
-    await reconcile(region);
-    await keys.ensureDefaultKeys(enabledOrgs, region);
-  });
+  const regions = new RegionRegistry(
+    tokens,
+    log,
+    async (region) => {
+      await reconcile(region);
+      await keys.ensureDefaultKeys(enabledOrgs, region);
+    },
+    (region) => versionsIn(cache, region),
+  );
 
   keys = new KeyService(store, cache, feed, regions, clock, audit, log, installation);
   const rotation = new RotationService(store, keys, feed, regions, clock, audit, log, config.rotation.maxManualRotations, (trigger, n) =>

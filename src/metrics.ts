@@ -95,6 +95,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly tokenIndexComplete = new client.Gauge({
+    name: 'kmsd_token_index_complete',
+    help: '1 when the region token object index holds every object; 0 while it is built in the background (requests for keys not indexed yet wait for it)',
+    labelNames: ['region'],
+    registers: [this.registry],
+  });
+
   readonly workingCopies = new client.Gauge({
     name: 'kmsd_token_working_copies',
     help: 'Session working copies of secret keys held in the region token',

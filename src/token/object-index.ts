@@ -9,6 +9,8 @@ export const CLASS_VALUE: Record<ObjectClass, number> = { secret: CKO_SECRET_KEY
 
 /** Objects indexed per slice of the background scan (~30 ms of work at SoftHSM2's pace). */
 const SCAN_SLICE = 500;
+/** A token with more objects than this is indexed wholly in the background (see RegionRegistry). */
+export const LARGE_TOKEN_OBJECTS = 2 * SCAN_SLICE;
 
 export function cacheKey(cls: number, ckaId: Buffer): string {
   return `${cls}:${ckaId.toString('hex')}`;
@@ -33,6 +35,8 @@ export class ObjectIndex {
   onMissingObject?: () => Promise<void>;
   /** Set while the index is built in the background (start-up); settles when it holds every object. */
   building?: Promise<void>;
+  /** Settles once the running background build has indexed more than LARGE_TOKEN_OBJECTS (never for a small token). */
+  large: Promise<void> = new Promise(() => {});
 
   constructor(
     private readonly conn: TokenConnection,
@@ -43,6 +47,7 @@ export class ObjectIndex {
   clear(): void {
     this.handles.clear();
     this.building = undefined;
+    this.large = new Promise(() => {});
   }
 
   get size(): number {
@@ -107,9 +112,16 @@ export class ObjectIndex {
     const p11 = lib.p11;
     const session = p11.C_OpenSession(this.conn.slot!, SESSION_FLAGS);
     const current = () => this.conn.generation === generation && this.conn.lib === lib && this.conn.down === undefined;
+    let isLarge!: () => void;
+    this.large = new Promise<void>((r) => (isLarge = r));
     const run = (async () => {
       this.unreadable = 0;
+      let seen = 0;
       try {
+        // After a turn of the event loop: on SoftHSM2 the search's start alone walks every object
+        // (0.3 s at 20,000), which must not hold up the connect itself.
+        await new Promise((r) => setImmediate(r));
+        if (!current()) return;
         p11.C_FindObjectsInit(session, [{ type: pkcs11js.CKA_TOKEN, value: true }]);
         for (;;) {
           await new Promise((r) => setImmediate(r));
@@ -117,6 +129,7 @@ export class ObjectIndex {
           const batch = p11.C_FindObjects(session, SCAN_SLICE);
           if (!batch.length) break;
           for (const h of batch) this.index(p11, session, h);
+          if ((seen += batch.length) > LARGE_TOKEN_OBJECTS) isLarge();
         }
       } finally {
         try {

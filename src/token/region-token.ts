@@ -34,7 +34,8 @@ export class RegionToken {
   private readonly conn: TokenConnection;
   private readonly index: ObjectIndex;
   private readonly copies: WorkingCopies;
-  private readonly signer?: SignerThreads;
+  /** Started on the first signature (see `startSigner`). */
+  private signer?: SignerThreads;
   /** Signing on the event loop is on (settings.signOnLoop) and has not been found slow. */
   private loopSigning: boolean;
   /** Signatures waiting for the next run of drainLoopSigns (FIFO from loopQueueHead). */
@@ -53,7 +54,6 @@ export class RegionToken {
     this.conn = new TokenConnection(settings);
     this.index = new ObjectIndex(this.conn, (e, what) => this.fail(e, what));
     this.copies = new WorkingCopies(this.conn, this.index, settings.workingCopies ?? 0);
-    if ((settings.signerThreads ?? 0) > 0) this.signer = new SignerThreads(settings.modulePath, settings.signerThreads!);
     this.loopSigning = settings.signOnLoop === true;
   }
 
@@ -110,6 +110,16 @@ export class RegionToken {
       this.conn.down = err.message;
       throw err;
     }
+  }
+
+  /** True while the object index is built in the background (lookups that miss wait for it). */
+  get indexBuilding(): boolean {
+    return this.index.building !== undefined;
+  }
+
+  /** Settles when a running background build of the index turns out to be a large token's (see ObjectIndex.large). */
+  get indexIsLarge(): Promise<void> {
+    return this.index.large;
   }
 
   /** Settles when the object index holds every token object (at once unless a background build runs). */
@@ -447,7 +457,7 @@ export class RegionToken {
   }
 
   private signOffLoop(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
-    if (this.signer?.usable) return this.signOnThreads(ckaId, mechanism, data);
+    if (this.startSigner()?.usable) return this.signOnThreads(ckaId, mechanism, data);
     return this.withSessionAndHandle(
       ckaId,
       'private',
@@ -534,6 +544,16 @@ export class RegionToken {
   /** Whether signatures still run on the event loop (false once they were found slow; tests). */
   get signingOnLoop(): boolean {
     return this.loopSigning;
+  }
+
+  /**
+   * The signing threads, started on first use: a daemon that never signs does not pay for them
+   * (~8–9 MB of RSS each, and their start competes with the daemon's own at a cold start).
+   */
+  private startSigner(): SignerThreads | undefined {
+    const n = this.settings.signerThreads ?? 0;
+    if (!this.signer && n > 0) this.signer = new SignerThreads(this.settings.modulePath, n);
+    return this.signer;
   }
 
   private async signOnThreads(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {

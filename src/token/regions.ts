@@ -2,6 +2,7 @@ import type { Logger } from 'winston';
 import { notFound, regionUnavailable } from '../errors.js';
 import { probeOaepHashes } from './probe.js';
 import { Pkcs11Library } from './module.js';
+import { LARGE_TOKEN_OBJECTS } from './object-index.js';
 import { RegionToken } from './region-token.js';
 import { awaitingReread } from './reread.js';
 import type { HashName } from './constants.js';
@@ -30,6 +31,8 @@ export class RegionRegistry {
     readonly tokens: Map<string, RegionToken>,
     private readonly log: Logger,
     private readonly onConnected: (region: string) => Promise<void> = async () => {},
+    /** How many token objects the region is known to hold (its key versions): a large token is not waited for at all. */
+    private readonly expectedObjects: (region: string) => number = () => 0,
   ) {}
 
   /**
@@ -39,6 +42,8 @@ export class RegionRegistry {
    */
   async connectAll(): Promise<void> {
     for (const t of this.tokens.values()) t.onMissingObject = () => this.refreshObjectIndex(t.settings.modulePath);
+    // Libraries whose C_Initialize was started on a thread (see Pkcs11Library.initializeInBackground).
+    await Promise.all([...this.tokens.values()].map((t) => Pkcs11Library.initializing(t.settings.modulePath)));
     for (const name of this.tokens.keys()) await this.tryConnect(name, false, true);
   }
 
@@ -51,16 +56,24 @@ export class RegionRegistry {
       this.log.warn('region token unavailable', { region: name, reason: (e as Error).message });
       return false;
     }
-    // Off the start-up path: an RSA key pair generation and a few trial unwraps.
-    this.probes.set(name, this.probe(name));
+    // Off the start-up path: an RSA key pair generation and a few trial unwraps, after the index
+    // build (on a large token both would compete for the CPU while the daemon starts serving).
+    this.probes.set(name, t.indexed.then(() => this.probe(name)));
     const connected = async () => {
       this.log.info('region token connected', { region: name, tokenLabel: t.settings.label, objects: t.objectCount, unreadableObjects: t.unreadable, manufacturer: t.manufacturer });
       await this.onConnected(name).catch((e) => this.log.error('post-connect step failed', { region: name, error: (e as Error).message }));
     };
     // The post-connect steps (reconciliation reads the whole index) follow the index: awaited
-    // when it is quickly built (a small token: as before), else in the background.
+    // when it is quickly built (a small token: as before), else in the background — at once when
+    // the build has seen more objects than a small token holds (no fixed wait on a large one).
     let timer: NodeJS.Timeout | undefined;
-    const built = await Promise.race([t.indexed.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), INDEX_WAIT_AT_START_MS)))]);
+    const built =
+      this.expectedObjects(name) <= LARGE_TOKEN_OBJECTS &&
+      (await Promise.race([
+        t.indexed.then(() => true),
+        t.indexIsLarge.then(() => false),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), INDEX_WAIT_AT_START_MS))),
+      ]));
     clearTimeout(timer);
     if (built) await connected();
     else void t.indexed.then(connected);

@@ -43,6 +43,7 @@ export function systemRoutes(s: Services, version: string): Router {
     for (const [name, t] of s.regions.tokens) {
       s.metrics.regionUp.set({ region: name }, t.available ? 1 : 0);
       s.metrics.workingCopies.set({ region: name }, t.workingCopies);
+      s.metrics.tokenIndexComplete.set({ region: name }, t.available && !t.indexBuilding ? 1 : 0);
     }
     res.set('Content-Type', s.metrics.registry.contentType).send(await s.metrics.registry.metrics());
   });
