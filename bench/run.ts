@@ -232,10 +232,12 @@ type Measured = HttpLoadResult & { serverCpu?: number; machineCpu: number };
  */
 async function measure(
   w: Workload,
-  o: { probe?: { url: string }; serverPid?: number; beforeRun?: () => Promise<unknown> } = {},
+  o: { probe?: { url: string }; serverPid?: number; beforeRun?: () => Promise<unknown>; processes?: number } = {},
 ): Promise<{ r: Measured; probe?: ProbeResult }> {
   const job = { url: w.url, method: 'POST' as const, headers: w.headers, body: w.body, connections: w.connections ?? Q.connections };
-  await loadgen.http({ ...job, durationSec: Q.warmSec });
+  // Each of N processes compiles its own hot code (V8 JIT, per process) from the requests it
+  // sees: N times the warm-up gives each as many warm-up requests as one process gets.
+  await loadgen.http({ ...job, durationSec: Q.warmSec * (o.processes ?? 1) });
   await o.beforeRun?.();
   const cpu0 = treeCpuSeconds(o.serverPid);
   const m0 = machineBusySeconds();
@@ -381,7 +383,7 @@ async function phaseEcho(): Promise<void> {
         const port = await freePort();
         const proc = await startEcho({ port, response: o.response, workers: o.workers, tls: o.tls ? cert : undefined, server: o.server }, track);
         try {
-          const { r } = await measure({ url: `${o.tls ? 'https' : 'http'}://127.0.0.1:${port}${o.path}`, body: o.body, headers: o.headers }, { serverPid: proc.pid });
+          const { r } = await measure({ url: `${o.tls ? 'https' : 'http'}://127.0.0.1:${port}${o.path}`, body: o.body, headers: o.headers }, { serverPid: proc.pid, processes: o.workers });
           baselineRow(id, figure, r.reqPerSec, 'req/s', loadDetail(r), [loadNote(r), cpuText(r)].filter(Boolean).join('; '));
           B[`${id}:p50`] = { value: r.p50, unit: 'ms' };
           baselineRow(`${id}:p99`, `${id} p99 latency`, r.p99, 'ms');
@@ -665,7 +667,7 @@ async function phaseNproc(): Promise<void> {
         const keys = await setupKeys(d);
         const body = encryptBody();
         await precheck(d, `/v1/kms/nl-01/keys/${keys.aes}/encrypt`, body);
-        const { r } = await measure({ url: `${d.url}/v1/kms/nl-01/keys/${keys.aes}/encrypt`, body, headers: apiHeaders(mainStack) }, { serverPid: d.proc.pid });
+        const { r } = await measure({ url: `${d.url}/v1/kms/nl-01/keys/${keys.aes}/encrypt`, body, headers: apiHeaders(mainStack) }, { serverPid: d.proc.pid, processes: CORES });
         log(`  encrypt ×${CORES}: ${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms; ${cpuText(r)}`);
         goalRow('encrypt-nproc', figure, r.reqPerSec, 'req/s', 'encrypt-1proc', '>=', 0.8 * CORES, {
           goal,
@@ -678,7 +680,7 @@ async function phaseNproc(): Promise<void> {
         log(`batch encrypt ×${CORES}, ${Q.batchItems} items, ${Q.batchConnections} connections`);
         const batchBody = JSON.stringify({ batch: Array.from({ length: Q.batchItems }, () => ({ plaintext: b64(32) })) });
         await precheck(d, `/v1/kms/nl-01/keys/${keys.aes}/encrypt`, batchBody);
-        const b = (await measure({ url: `${d.url}/v1/kms/nl-01/keys/${keys.aes}/encrypt`, body: batchBody, headers: apiHeaders(mainStack), connections: Q.batchConnections }, { serverPid: d.proc.pid })).r;
+        const b = (await measure({ url: `${d.url}/v1/kms/nl-01/keys/${keys.aes}/encrypt`, body: batchBody, headers: apiHeaders(mainStack), connections: Q.batchConnections }, { serverPid: d.proc.pid, processes: CORES })).r;
         const items = b.reqPerSec * Q.batchItems;
         log(`  batch ×${CORES}: ${items.toFixed(0)} items/s (${b.reqPerSec.toFixed(0)} req/s, p99 ${b.p99} ms); ${cpuText(b)}`);
         goalRow('batch-encrypt', `POST …/encrypt, batch of ${Q.batchItems} × 32 B, ${Q.batchConnections} conns, ${CORES} processes (workers: ${CORES})`, items, 'items/s', 'raw-pkcs11-aes', '>=', 1.0, {
@@ -721,7 +723,7 @@ async function signWorkloads(d: BenchDaemon, keys: MainKeys, processes: number):
         const body = JSON.stringify({ input: b64(32) });
         const p = `/v1/kms/nl-01/keys/${key}/sign`;
         await precheck(d, p, body);
-        const { r } = await measure({ url: `${d.url}${p}`, body, headers }, { serverPid: d.proc.pid });
+        const { r } = await measure({ url: `${d.url}${p}`, body, headers }, { serverPid: d.proc.pid, processes });
         const perRequest = r.serverCpu !== undefined ? `; server CPU per request ${((r.serverCpu * 10_000) / r.reqPerSec).toFixed(0)} µs` : '';
         log(`  ${id}: ${r.reqPerSec.toFixed(0)} req/s, p99 ${r.p99} ms; ${cpuText(r)}${perRequest}`);
         const scope = goal

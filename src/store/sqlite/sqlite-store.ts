@@ -23,7 +23,9 @@ class Connection {
     });
     const c = new Connection(db);
     db.configure('busyTimeout', 10000);
-    await c.run('PRAGMA journal_mode = WAL');
+    // Switching a fresh file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY there
+    // without asking the busy handler when other processes open the same file at that moment.
+    await retryBusy(() => c.run('PRAGMA journal_mode = WAL'));
     // FULL: a response that says "done" (and its audit record) survives power loss too.
     await c.run('PRAGMA synchronous = FULL');
     await c.run('PRAGMA foreign_keys = ON');
@@ -144,8 +146,8 @@ export class SqliteStore extends RepositoriesOf implements Store {
   /** Applies migrations/NNN-*.sql not yet recorded; each in its own transaction, so re-running is safe. */
   async migrate(): Promise<number> {
     let applied = 0;
-    await this.writer.run(
-      'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)',
+    await retryBusy(() =>
+      this.writer.run('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)'),
     );
     const dir = sourceMigrationsDir(MIGRATIONS_DIR);
     const files = readdirSync(dir)
@@ -320,4 +322,20 @@ class SqliteAuditRepository extends SqlAuditReads {
 
 function isBusy(e: unknown): boolean {
   return typeof e === 'object' && e !== null && ['SQLITE_BUSY', 'SQLITE_LOCKED'].includes((e as { code?: string }).code ?? '');
+}
+
+/**
+ * `fn` again while it fails with SQLITE_BUSY (at most 50 tries, 20–70 ms apart): for the statements
+ * of a start-up that SQLite may refuse with BUSY without calling the busy handler when several
+ * processes open a fresh data dir at once.
+ */
+async function retryBusy<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!isBusy(e) || attempt >= 50) throw e;
+      await new Promise((r) => setTimeout(r, 20 + Math.random() * 50));
+    }
+  }
 }
