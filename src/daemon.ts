@@ -262,7 +262,8 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   let xks: XksServer | undefined;
   if (config.xks) xks = await (await import('./xks/server.js')).startXks(config.xks, services);
   let aws: AwsServer | undefined;
-  if (config.aws) aws = await (await import('./aws/server.js')).startAws(config.aws, services, store);
+  // SigV4 on a thread where the process leaves a core idle (the signing threads' rule, sigv4-thread.ts).
+  if (config.aws) aws = await (await import('./aws/server.js')).startAws(config.aws, services, store, { verifyOnThread: !signing.signOnLoop });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.listen.port, config.listen.host, () => resolve());

@@ -9,8 +9,8 @@ import { awsRequestHandler } from './handler.js';
 export type AwsServer = Listener;
 
 /** AWS KMS-compatible API listener (API.md "AWS KMS-compatible API"): its own port, plain HTTP or TLS 1.2+. */
-export async function startAws(config: AwsConfig, s: Services, store: Store): Promise<AwsServer> {
-  const credentials = loadCredentials(config);
+export async function startAws(config: AwsConfig, s: Services, store: Store, o: { verifyOnThread?: boolean } = {}): Promise<AwsServer> {
+  const credentials = loadCredentials(config, o);
   const handler = awsRequestHandler(s, credentials, new AwsRepository(store), { sigv4Region: config.sigv4Region, accountId: config.accountId });
   const listener = await startListener(
     {

@@ -4,6 +4,7 @@ import { Hash } from '@smithy/core/serde';
 import { SignatureV4 } from '@smithy/signature-v4';
 import type { HttpRequest } from '@smithy/types';
 import { SigV4Verifier, type ReceivedRequest, type SigV4Failure } from '../../src/xks/sigv4.js';
+import { ThreadedSigV4Verifier } from '../../src/xks/sigv4-thread.js';
 
 const KEY_A = { accessKeyId: 'AKIAKMSDUNITTEST0001', secretAccessKey: 'secret-a/0123456789+abcdefghijklmnopqrstuv' };
 const KEY_B = { accessKeyId: 'AKIAKMSDUNITTEST0002', secretAccessKey: 'secret-b/0123456789+abcdefghijklmnopqrstuv' };
@@ -143,5 +144,42 @@ describe('unit: SigV4 verification (shared by XKS and the AWS KMS API)', () => {
     expect((await bad({ 'x-amz-date': '2026-01-15T12:00:00Z' })).message).to.match(/X-Amz-Date/);
     expect((await bad({ authorization: auth.replace(/Credential=([^/]+)\/\d{8}/, 'Credential=$1/20260114') })).message).to.match(/scope date/);
     expect((await bad({ authorization: auth.replace(/SignedHeaders=/, 'SignedHeaders=x-missing;') })).message).to.match(/x-missing is missing/);
+  });
+});
+
+describe('unit: SigV4 verification on its own thread (a process that leaves a core idle)', () => {
+  const make = () => new ThreadedSigV4Verifier([KEY_A, KEY_B], 'us-east-1', { service: 'kms', fail: (kind, m) => new Refused(kind, m) });
+  const inline = () => new SigV4Verifier([KEY_A, KEY_B], 'us-east-1', { service: 'kms', fail: (kind, m) => new Refused(kind, m) });
+  const now = () => new Date();
+
+  it('accepts and refuses exactly what the verifier on the event loop does, with its error built here', async () => {
+    const v = make();
+    const same = inline();
+    try {
+      // Several in one turn travel together and each gets its own answer.
+      const good = await Promise.all([signed({ date: now() }), signed({ date: now(), key: KEY_B }), signed({ date: now(), body: '{"n":1}' })]);
+      expect(await Promise.all(good.map((r) => v.verify(r)))).to.deep.equal([KEY_A.accessKeyId, KEY_B.accessKeyId, KEY_A.accessKeyId]);
+      const ok = await signed({ date: now() });
+      const cases: ReceivedRequest[] = [
+        { ...ok, body: Buffer.from('{"KeyId":"other"}') },
+        { ...ok, headers: { ...ok.headers, authorization: withSignature(ok.headers.authorization as string, '0'.repeat(64)) } },
+        { ...ok, headers: { ...ok.headers, authorization: undefined } },
+        await signed({ date: now(), key: { accessKeyId: 'AKIAKMSDUNKNOWN00001', secretAccessKey: 'x' } }),
+        await signed({ date: new Date(Date.now() - 6 * 60_000) }),
+      ];
+      for (const c of cases) {
+        const [threaded, onLoop] = [await refusal(v.verify(c)), await refusal(same.verify(c))];
+        expect({ kind: threaded.kind, message: threaded.message }).to.deep.equal({ kind: onLoop.kind, message: onLoop.message });
+      }
+    } finally {
+      await v.close();
+    }
+  });
+
+  it('verifies on the event loop once the thread is gone', async () => {
+    const v = make();
+    await v.close();
+    expect(await v.verify(await signed({ date: now() }))).to.equal(KEY_A.accessKeyId);
+    expect((await refusal(v.verify({ ...(await signed({ date: now() })), body: Buffer.from('x') }))).kind).to.equal('invalid');
   });
 });
