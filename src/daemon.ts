@@ -94,7 +94,7 @@ export async function startDaemon(config: Config, log: Logger = createLogger(con
   const startedAtMs = Date.now();
   // C_Initialize of each token's library (seconds on a large SoftHSM2 token: it reads every
   // object) runs on a thread meanwhile; the regions connect once it is done (connectAll).
-  for (const path of new Set(config.regions.map((r) => r.pkcs11Module))) void Pkcs11Library.initializeInBackground(path);
+  Pkcs11Library.initializeAllInBackground(config.regions);
   const metrics = new Metrics();
   const clock = new Clock();
   const store = await openStore(config, log, {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Clock } from '../clock.js';
-import type { AuditRepository, AuditRow, ChainHead } from '../store/store.js';
+import type { AuditQuery, AuditRepository, AuditRow, ChainHead } from '../store/store.js';
 
 export type AuditOutcome = 'success' | 'denied' | 'failure';
 
@@ -248,14 +248,7 @@ export class AuditLog {
     return { valid: true, events: count };
   }
 
-  async query(f: {
-    organisation: string;
-    region?: string;
-    keyIdentity?: string;
-    action?: string;
-    since?: string;
-    limit: number;
-  }): Promise<StoredAuditEvent[]> {
+  async query(f: Omit<AuditQuery, 'everyOrganisationAction'>): Promise<StoredAuditEvent[]> {
     return (await this.chain.query({ ...f, everyOrganisationAction: CLOCK_ACTION })).map(fromRow);
   }
 }

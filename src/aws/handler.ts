@@ -21,7 +21,7 @@ const answerHeaders = (requestId: string) => ({ 'content-type': CONTENT_TYPE, 'x
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': CONTENT_TYPE, 'x-amzn-RequestId': requestId, 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, { ...answerHeaders(requestId), 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
 

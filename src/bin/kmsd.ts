@@ -51,7 +51,7 @@ if (workers > 1 && cluster.isPrimary) {
   // The tokens' C_Initialize (seconds on a large token) starts on threads before the daemon's
   // modules load (~0.4 s); startDaemon waits for it where it needs the tokens.
   const { Pkcs11Library } = await import('../token/module.js');
-  for (const path of new Set(config.regions.map((r) => r.pkcs11Module))) void Pkcs11Library.initializeInBackground(path);
+  Pkcs11Library.initializeAllInBackground(config.regions);
   const { startDaemon } = await import('../daemon.js');
   const { createLogger } = await import('../log.js');
   const log = createLogger(config.logLevel);

@@ -64,6 +64,11 @@ export class Pkcs11Library {
     return entry.done;
   }
 
+  /** initializeInBackground for the library of every region (each library once). */
+  static initializeAllInBackground(regions: { pkcs11Module: string }[]): void {
+    for (const path of new Set(regions.map((r) => r.pkcs11Module))) void Pkcs11Library.initializeInBackground(path);
+  }
+
   /** The pending background C_Initialize of this library, if one was started (see above). */
   static initializing(path: string): Promise<void> | undefined {
     return Pkcs11Library.starting.get(path)?.done;

@@ -5,6 +5,7 @@ import { TokenError, toTokenError } from './errors.js';
 import { input } from './input.js';
 import { ObjectIndex, type ObjectClass } from './object-index.js';
 import { SignerThreads } from './signer-threads.js';
+import { TokenBurst } from './token-burst.js';
 import { keyPairTemplate, mechanismsFor, secretKeyTemplate, type ObjectOptions, type TokenKeySpec } from './templates.js';
 import { WorkingCopies } from './working-copies.js';
 
@@ -38,10 +39,8 @@ export class RegionToken {
   private signer?: SignerThreads;
   /** Signing on the event loop is on (settings.signOnLoop) and has not been found slow. */
   private loopSigning: boolean;
-  /** Signatures waiting for the next run of drainLoopSigns (FIFO from loopQueueHead). */
-  private loopQueue: LoopSignJob[] = [];
-  private loopQueueHead = 0;
-  private loopDrainScheduled = false;
+  /** The signatures of one turn, run back to back on the loop, at most LOOP_SIGN_BUDGET_MS a run. */
+  private readonly loopSigns = new TokenBurst(LOOP_SIGN_BUDGET_MS);
   /** Signatures made on the event loop (tests and metrics of the split). */
   loopSignatures = 0;
   /** Consecutive event-loop signatures slower than LOOP_SIGN_SLOW_MS. */
@@ -475,46 +474,13 @@ export class RegionToken {
    * ~170 µs of CPU and an ECDSA P-256 one ~50 µs, and handing it to a signing thread adds ~30–45
    * µs of CPU per signature (post, clone, wake-up, reply; measured) — with every core already
    * running a kmsd process that hop buys no parallelism, only cost. The signatures requested in
-   * one event-loop turn run back to back in a setImmediate: interleaved with the requests' own
-   * JavaScript an ECDSA signature took ~30 % longer (CPU caches; measured, one thread). Bounded:
-   * at most LOOP_SIGN_BUDGET_MS per run, the rest in the next turn after I/O; a token whose
-   * signatures turn out slow (a remote module, a loaded HSM) leaves the loop for good.
+   * one event-loop turn run back to back (TokenBurst: CPU caches), at most LOOP_SIGN_BUDGET_MS
+   * per run, the rest in the next turn after I/O; a token whose signatures turn out slow (a
+   * remote module, a loaded HSM) leaves the loop for good.
    */
   private queueLoopSign(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Promise<Buffer> {
-    return new Promise((resolve, reject) => {
-      this.loopQueue.push({ ckaId, mechanism, data, resolve, reject });
-      this.scheduleLoopDrain();
-    });
-  }
-
-  private scheduleLoopDrain(): void {
-    if (this.loopDrainScheduled) return;
-    this.loopDrainScheduled = true;
-    setImmediate(() => this.drainLoopSigns());
-  }
-
-  private drainLoopSigns(): void {
-    this.loopDrainScheduled = false;
-    const until = performance.now() + LOOP_SIGN_BUDGET_MS;
-    while (this.loopQueueHead < this.loopQueue.length) {
-      if (performance.now() >= until) {
-        this.scheduleLoopDrain();
-        break;
-      }
-      const job = this.loopQueue[this.loopQueueHead]!;
-      this.loopQueue[this.loopQueueHead++] = undefined as unknown as LoopSignJob;
-      if (!this.loopSigning) this.signOffLoop(job.ckaId, job.mechanism, job.data).then(job.resolve, job.reject);
-      else
-        try {
-          job.resolve(this.signHere(job.ckaId, job.mechanism, job.data));
-        } catch (e) {
-          job.reject(e);
-        }
-    }
-    if (this.loopQueueHead >= this.loopQueue.length) {
-      this.loopQueue = [];
-      this.loopQueueHead = 0;
-    }
+    // Found slow while queued: the rest goes off the loop after all.
+    return this.loopSigns.run(() => (this.loopSigning ? this.signHere(ckaId, mechanism, data) : this.signOffLoop(ckaId, mechanism, data)));
   }
 
   private signHere(ckaId: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer): Buffer {
@@ -699,14 +665,6 @@ export class RegionToken {
   get hasEdDsa(): boolean {
     return this.mechanisms.has(CKM_EDDSA);
   }
-}
-
-interface LoopSignJob {
-  ckaId: Buffer;
-  mechanism: pkcs11js.Mechanism;
-  data: Buffer;
-  resolve: (signature: Buffer) => void;
-  reject: (e: unknown) => void;
 }
 
 /** Mechanisms cheap enough to sign on the event loop (RSA is not: 1–10 ms a signature on SoftHSM2). */

@@ -65,7 +65,8 @@ export class ThreadedSigV4Verifier implements RequestVerifier {
   private readonly inline: SigV4Verifier;
   private worker?: Worker;
   private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: (id: string) => void; reject: (e: Error) => void }>();
+  /** Requests handed to the thread and not answered yet (the request kept for the fallback when it dies). */
+  private readonly waiting = new Map<number, { req: ReceivedRequest; resolve: (id: string) => void; reject: (e: Error) => void }>();
   private outbox: Job[] = [];
   private readonly failWith: (kind: SigV4Failure, message: string) => Error;
 
@@ -85,22 +86,14 @@ export class ThreadedSigV4Verifier implements RequestVerifier {
       if (this.worker !== worker) return;
       this.worker = undefined;
       // What the thread had not answered is verified here instead.
-      const pending = [...this.waiting.entries()];
+      const pending = [...this.waiting.values()];
       this.waiting.clear();
-      for (const [id, w] of pending) {
-        const job = this.sent.get(id);
-        if (job) this.inline.verify(job).then(w.resolve, w.reject);
-        else w.reject(this.failWith('invalid', 'signature could not be verified'));
-      }
-      this.sent.clear();
+      for (const w of pending) this.inline.verify(w.req).then(w.resolve, w.reject);
     };
     worker.on('error', gone);
     worker.on('exit', gone);
     this.worker = worker;
   }
-
-  /** Requests handed to the thread and not answered yet (for the fallback when it dies). */
-  private readonly sent = new Map<number, ReceivedRequest>();
 
   verify(req: ReceivedRequest): Promise<string> {
     if (!this.worker) return this.inline.verify(req);
@@ -108,17 +101,7 @@ export class ThreadedSigV4Verifier implements RequestVerifier {
     // Only what the verifier reads crosses to the thread (the headers object is a plain copy).
     const job: ReceivedRequest = { method: req.method, path: req.path, query: req.query, headers: { ...req.headers }, body: req.body };
     return new Promise<string>((resolve, reject) => {
-      this.waiting.set(id, {
-        resolve: (a) => {
-          this.sent.delete(id);
-          resolve(a);
-        },
-        reject: (e) => {
-          this.sent.delete(id);
-          reject(e);
-        },
-      });
-      this.sent.set(id, job);
+      this.waiting.set(id, { req: job, resolve, reject });
       if (this.outbox.push({ id, req: job }) === 1) setImmediate(this.post);
     });
   }

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { TokenBurst } from '../../src/crypto/token-burst.js';
+import { TokenBurst } from '../../src/token/token-burst.js';
 import { ChangeFeed } from '../../src/store/change-feed.js';
 import type { ChangeEntry, ChangeSignal, ChangesRepository } from '../../src/store/store.js';
 

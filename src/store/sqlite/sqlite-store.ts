@@ -183,16 +183,7 @@ export class SqliteStore extends RepositoriesOf implements Store {
    * four of BEGIN…COMMIT: the audit trail's group commit is built on it.
    */
   writeStatement(sql: string, params: Params, o: { prepared?: boolean } = {}): Promise<{ changes: number; lastID: number }> {
-    const run = async () => {
-      for (let attempt = 0; ; attempt++) {
-        try {
-          return await (o.prepared ? this.writer.runPrepared(sql, params) : this.writer.run(sql, params));
-        } catch (e) {
-          if (!isBusy(e) || attempt >= 50) throw e;
-          await new Promise((r) => setTimeout(r, 5 + Math.random() * 20));
-        }
-      }
-    };
+    const run = () => retryBusy(() => (o.prepared ? this.writer.runPrepared(sql, params) : this.writer.run(sql, params)), 5, 20);
     const result = this.queue.then(run, run);
     this.queue = result.catch(() => {});
     return result;
@@ -205,24 +196,14 @@ export class SqliteStore extends RepositoriesOf implements Store {
   /** Runs `fn` in one write transaction (BEGIN IMMEDIATE), retrying if another process holds the lock. */
   private inWriteTransaction<T>(fn: () => Promise<T>): Promise<T> {
     const run = async (): Promise<T> => {
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await this.writer.run('BEGIN IMMEDIATE');
-        } catch (e) {
-          if (isBusy(e) && attempt < 50) {
-            await new Promise((r) => setTimeout(r, 20 + Math.random() * 50));
-            continue;
-          }
-          throw e;
-        }
-        try {
-          const out = await fn();
-          await this.writer.run('COMMIT');
-          return out;
-        } catch (e) {
-          await this.writer.run('ROLLBACK').catch(() => {});
-          throw e;
-        }
+      await retryBusy(() => this.writer.run('BEGIN IMMEDIATE'));
+      try {
+        const out = await fn();
+        await this.writer.run('COMMIT');
+        return out;
+      } catch (e) {
+        await this.writer.run('ROLLBACK').catch(() => {});
+        throw e;
       }
     };
     const result = this.queue.then(run, run);
@@ -325,17 +306,17 @@ function isBusy(e: unknown): boolean {
 }
 
 /**
- * `fn` again while it fails with SQLITE_BUSY (at most 50 tries, 20–70 ms apart): for the statements
- * of a start-up that SQLite may refuse with BUSY without calling the busy handler when several
- * processes open a fresh data dir at once.
+ * `fn` again while it fails with SQLITE_BUSY or SQLITE_LOCKED (at most 50 retries, `minMs` to
+ * `minMs + jitterMs` apart): another process holds the write lock, or SQLite refused without
+ * calling its busy handler (a fresh data dir's switch to WAL while other processes open it).
  */
-async function retryBusy<T>(fn: () => Promise<T>): Promise<T> {
+async function retryBusy<T>(fn: () => Promise<T>, minMs = 20, jitterMs = 50): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await fn();
     } catch (e) {
       if (!isBusy(e) || attempt >= 50) throw e;
-      await new Promise((r) => setTimeout(r, 20 + Math.random() * 50));
+      await new Promise((r) => setTimeout(r, minMs + Math.random() * jitterMs));
     }
   }
 }
