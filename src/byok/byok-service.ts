@@ -13,6 +13,7 @@ import type { HashName } from '../token/constants.js';
 import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { ObjectOptions } from '../token/templates.js';
+import { rereadOf } from '../token/reread.js';
 import { IMPORT_WRAPPING_BITS, parseWrappingAlgorithm, requireOaepHash, type WrappingAlgorithm } from './formats.js';
 import { DEFAULT_MAX_OPEN_IMPORT_TOKENS, ImportTokens, type ImportParameters, type ImportTokenRow } from './import-tokens.js';
 import { directUnwrapper, ED25519_IMPORT_REFUSED, exportPlaintext, materialize, withTwoPartUnwrapper, wrapForCaller } from './token-material.js';
@@ -138,7 +139,8 @@ export class ByokService {
     // this process for a while (see WrappingKeys.generate); that is no reason to burn the token.
     if (!token.exists(Buffer.from(row.ckaId), 'private'))
       throw regionUnavailable(token.settings.region, 'the import key of this token is not visible to this process yet; retry');
-    await this.importTokens.consume(row);
+    const usedAt = await this.importTokens.consume(row);
+    let kept = false;
     try {
       const scheme = parseWrappingAlgorithm(row.wrappingAlgorithm);
       const rsaCkaId = Buffer.from(row.ckaId);
@@ -148,8 +150,14 @@ export class ByokService {
       if (scheme.twoPart)
         await withTwoPartUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field, (u) => materialize(token, keyType, to, u, field));
       else await materialize(token, keyType, to, directUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field), field);
+    } catch (e) {
+      // "Wait for the token's object index re-read" (the region drained for it, an object not
+      // visible yet): the request runs again after the re-read (throughReread) and must find
+      // its token unused and its import pair still there — not "already used".
+      if (rereadOf(e)) kept = await this.importTokens.release(row, usedAt).then(() => true, () => false);
+      throw e;
     } finally {
-      await this.importTokens.retire(row).catch((e) => this.d.log.warn('import key not destroyed yet; the sweep retries', { ckaId: row.ckaId, error: String(e) }));
+      if (!kept) await this.importTokens.retire(row).catch((e) => this.d.log.warn('import key not destroyed yet; the sweep retries', { ckaId: row.ckaId, error: String(e) }));
     }
   }
 

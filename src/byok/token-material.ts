@@ -57,6 +57,8 @@ async function onMaterial<T>(field: string, step: string, fn: () => Promise<T>):
   try {
     return await fn();
   } catch (e) {
+    // Wait for the object index re-read (index being built, region drained), then run again.
+    if (e instanceof TokenError && e.rereading) throw e;
     if (e instanceof TokenError && e.kind === 'staleHandle')
       // The unwrapping key itself is gone (an import key retired meanwhile): not the material's fault.
       throw validation(`${field}: ${step} failed: the unwrapping key is no longer on the token (${e.message})`);

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { b64, OpenSsl } from '../helpers/byok.js';
 import { TestStack, type Daemon, type Reply } from '../helpers/stack.js';
 
 /**
@@ -59,6 +60,39 @@ describe('objects another process just created: requests wait for the object ind
       if (e[1].status === 200) expect(e[1].body.keyVersion).to.equal(String(i + 2));
     }
     expect(tally(replies)).to.deep.equal({ 200: replies.length });
+  });
+
+  it('an import token is not used up by a re-read that happens during its import: every import answers 201', async () => {
+    // Each round: B misses a key A just made (its re-read drains the region at once) a few
+    // milliseconds after an import on B started, i.e. while that import is between using its
+    // token up and unwrapping. The import waits for the re-read and runs again; that second run
+    // must find its token unused and its import pair still on the token.
+    const ssl = new OpenSsl();
+    try {
+      const rounds = 12;
+      const imports: { importToken: string; wrapped: string }[] = [];
+      for (let i = 0; i < rounds; i++) {
+        const p = await b.post('/keys/import-parameters', { keyType: 'aes256-gcm96', wrappingAlgorithm: 'RSA_OAEP_SHA1' });
+        expect(p.status, JSON.stringify(p.body)).to.equal(200);
+        imports.push({ importToken: p.body.importToken, wrapped: b64(ssl.oaepEncrypt(p.body.wrappingPublicKeyPem, ssl.rand(32))) });
+      }
+      const reinits = () => b.logs.split('re-initialised the PKCS#11 library').length - 1;
+      const before = reinits();
+      const replies: Reply[] = [];
+      for (let i = 0; i < rounds; i++) {
+        const ka = await a.createKey(`vis-imp-a-${i}`, 'aes256-gcm96');
+        await b.createKey(`vis-imp-b-${i}`, 'aes256-gcm96');
+        await new Promise((r) => setTimeout(r, 250)); // past the re-read spacing: B's re-read starts at its miss
+        const imported = b.post('/keys/import', { name: `vis-imported-${i}`, keyType: 'aes256-gcm96', importToken: imports[i]!.importToken, wrappedKeyMaterial: imports[i]!.wrapped });
+        await new Promise((r) => setTimeout(r, (i % 6) * 0.8));
+        const used = b.post(`/keys/${ka.identity}/encrypt`, { plaintext: 'aGk=' });
+        replies.push(...(await Promise.all([imported, used])));
+      }
+      expect(reinits() - before, 'B re-read its object index in the rounds').to.be.at.least(1);
+      expect(replies.filter((r) => r.status !== 200 && r.status !== 201).map((r) => JSON.stringify(r.body))).to.deep.equal([]);
+    } finally {
+      ssl.cleanup();
+    }
   });
 
   it('a create flood by one organisation through both daemons: the other organisation never sees a 503', async () => {
