@@ -153,9 +153,14 @@ class CanonicalSigner extends SignatureV4 {
     return this.formatDate(date);
   }
 
-  /** The SigV4 string to sign of a request whose signed headers are `canonicalHeaders`. */
-  stringToSign(request: HttpRequest, canonicalHeaders: HeaderBag, payloadHash: string, longDate: string, scope: string): Promise<string> {
-    return this.createStringToSign(longDate, scope, this.createCanonicalRequest(request, canonicalHeaders, payloadHash), ALGORITHM_IDENTIFIER);
+  /**
+   * The SigV4 string to sign of a request whose signed headers are `canonicalHeaders`: smithy's
+   * canonical request, and its createStringToSign's four lines written here with a synchronous
+   * SHA-256 (smithy's own awaits its Checksum's digest: a promise per request for nothing).
+   */
+  stringToSign(request: HttpRequest, canonicalHeaders: HeaderBag, payloadHash: string, longDate: string, scope: string): string {
+    const canonicalRequest = this.createCanonicalRequest(request, canonicalHeaders, payloadHash);
+    return `${ALGORITHM_IDENTIFIER}\n${longDate}\n${scope}\n${sha256(canonicalRequest).toString('hex')}`;
   }
 }
 
@@ -227,8 +232,18 @@ export class SigV4Verifier {
     return this.lastDate;
   }
 
-  /** Resolves to the access key id that signed the request; throws AuthenticationFailedException. */
-  async verify(req: ReceivedRequest): Promise<string> {
+  /** Resolves to the access key id that signed the request; rejects with the configured error (default AuthenticationFailedException). */
+  verify(req: ReceivedRequest): Promise<string> {
+    try {
+      const r = this.check(req);
+      return typeof r === 'string' ? Promise.resolve(r) : r;
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** The access key id that signed the request (a promise only on the first request of a credential's day); throws the configured error. */
+  private check(req: ReceivedRequest): string | Promise<string> {
     const fail = (m: string) => this.failWith('invalid', m);
     const auth = parseAuthorization(typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined, fail);
     const secret = this.secrets.get(auth.accessKeyId);
@@ -266,10 +281,13 @@ export class SigV4Verifier {
       body: req.body,
     };
     const canonicalHeaders = getCanonicalHeaders(request, undefined, signed);
-    const stringToSign = await this.signer.stringToSign(request, canonicalHeaders, bodyHash, longDate, scope);
-    const key = secret.keys.get(shortDate) ?? (await this.deriveSigningKey(secret, shortDate));
-    const expected = createHmac('sha256', key).update(stringToSign).digest();
-    if (!timingSafeEqual(expected, Buffer.from(auth.signature, 'hex'))) throw fail('signature does not match');
-    return auth.accessKeyId;
+    const stringToSign = this.signer.stringToSign(request, canonicalHeaders, bodyHash, longDate, scope);
+    const compare = (key: Uint8Array): string => {
+      const expected = createHmac('sha256', key).update(stringToSign).digest();
+      if (!timingSafeEqual(expected, Buffer.from(auth.signature, 'hex'))) throw fail('signature does not match');
+      return auth.accessKeyId;
+    };
+    const key = secret.keys.get(shortDate);
+    return key ? compare(key) : this.deriveSigningKey(secret, shortDate).then(compare);
   }
 }

@@ -159,6 +159,11 @@ describe('unit: SigV4 verification on its own thread (a process that leaves a co
       // Several in one turn travel together and each gets its own answer.
       const good = await Promise.all([signed({ date: now() }), signed({ date: now(), key: KEY_B }), signed({ date: now(), body: '{"n":1}' })]);
       expect(await Promise.all(good.map((r) => v.verify(r)))).to.deep.equal([KEY_A.accessKeyId, KEY_B.accessKeyId, KEY_A.accessKeyId]);
+      // More requests in one turn than one hand-over or one answer group carries: each still gets its own answer.
+      const many = await Promise.all(Array.from({ length: 11 }, (_, i) => signed({ date: now(), key: i % 2 ? KEY_B : KEY_A, body: `{"n":${i}}` })));
+      const tampered = many.map((r, i) => (i % 3 === 0 ? { ...r, body: Buffer.from('{"n":-1}') } : r));
+      const answers = await Promise.all(tampered.map((r) => v.verify(r).then((id) => id, (e: Refused) => e.kind)));
+      expect(answers).to.deep.equal(tampered.map((_, i) => (i % 3 === 0 ? 'invalid' : i % 2 ? KEY_B.accessKeyId : KEY_A.accessKeyId)));
       const ok = await signed({ date: now() });
       const cases: ReceivedRequest[] = [
         { ...ok, body: Buffer.from('{"KeyId":"other"}') },
