@@ -13,7 +13,7 @@ import type { HashName } from '../token/constants.js';
 import type { RegionToken } from '../token/region-token.js';
 import type { RegionRegistry } from '../token/regions.js';
 import type { ObjectOptions } from '../token/templates.js';
-import { rereadOf } from '../token/reread.js';
+import { rereadOf, throughReread } from '../token/reread.js';
 import { IMPORT_WRAPPING_BITS, parseWrappingAlgorithm, requireOaepHash, type WrappingAlgorithm } from './formats.js';
 import { DEFAULT_MAX_OPEN_IMPORT_TOKENS, ImportTokens, type ImportParameters, type ImportTokenRow } from './import-tokens.js';
 import { directUnwrapper, ED25519_IMPORT_REFUSED, exportPlaintext, materialize, withTwoPartUnwrapper, wrapForCaller } from './token-material.js';
@@ -139,26 +139,39 @@ export class ByokService {
     // this process for a while (see WrappingKeys.generate); that is no reason to burn the token.
     if (!token.exists(Buffer.from(row.ckaId), 'private'))
       throw regionUnavailable(token.settings.region, 'the import key of this token is not visible to this process yet; retry');
-    const usedAt = await this.importTokens.consume(row);
-    let kept = false;
+    // Used up as soon as its unwrap starts, whatever happens next: no decryption oracle.
+    await this.importTokens.consume(row);
     try {
-      const scheme = parseWrappingAlgorithm(row.wrappingAlgorithm);
-      const rsaCkaId = Buffer.from(row.ckaId);
-      const modulusBytes = IMPORT_WRAPPING_BITS / 8;
-      const wrapped = Buffer.from(wrappedB64, 'base64');
-      const field = 'wrappedKeyMaterial';
-      if (scheme.twoPart)
-        await withTwoPartUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field, (u) => materialize(token, keyType, to, u, field));
-      else await materialize(token, keyType, to, directUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field), field);
-    } catch (e) {
-      // "Wait for the token's object index re-read" (the region drained for it, an object not
-      // visible yet): the request runs again after the re-read (throughReread) and must find
-      // its token unused and its import pair still there — not "already used".
-      if (rereadOf(e)) kept = await this.importTokens.release(row, usedAt).then(() => true, () => false);
-      throw e;
+      // A re-read of the token's object index meanwhile (the region drained for it, the index
+      // being rebuilt) is waited for here and the unwrap done again. Not by re-running the
+      // request (throughReread around the handler): that run would find its token used up.
+      let attempt = 0;
+      await throughReread(async () => {
+        // what an interrupted attempt may have left under the target CKA_ID
+        if (attempt++ > 0) await token.destroy(to.ckaId);
+        await this.unwrapInto(token, row, keyType, to, wrappedB64);
+      }).catch((e: unknown) => {
+        if (!rereadOf(e)) throw e;
+        throw regionUnavailable(
+          token.settings.region,
+          'the token re-read its object index for too long during the import; the import token is used up: request new import parameters',
+        );
+      });
     } finally {
-      if (!kept) await this.importTokens.retire(row).catch((e) => this.d.log.warn('import key not destroyed yet; the sweep retries', { ckaId: row.ckaId, error: String(e) }));
+      await this.importTokens.retire(row).catch((e) => this.d.log.warn('import key not destroyed yet; the sweep retries', { ckaId: row.ckaId, error: String(e) }));
     }
+  }
+
+  /** The caller's material, unwrapped by the import key of `row`, into the token object `to`. */
+  private async unwrapInto(token: RegionToken, row: ImportTokenRow, keyType: KeyType, to: ObjectOptions, wrappedB64: string): Promise<void> {
+    const scheme = parseWrappingAlgorithm(row.wrappingAlgorithm);
+    const rsaCkaId = Buffer.from(row.ckaId);
+    const modulusBytes = IMPORT_WRAPPING_BITS / 8;
+    const wrapped = Buffer.from(wrappedB64, 'base64');
+    const field = 'wrappedKeyMaterial';
+    if (scheme.twoPart)
+      await withTwoPartUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field, (u) => materialize(token, keyType, to, u, field));
+    else await materialize(token, keyType, to, directUnwrapper(token, rsaCkaId, modulusBytes, scheme.hash, wrapped, field), field);
   }
 
   /** Break-glass export of one version (the route has checked the admin-only permission). */

@@ -122,19 +122,9 @@ export class ImportTokens {
     return row;
   }
 
-  /**
-   * Uses the token up (compare-and-set: of two concurrent imports with one token, one gets it)
-   * and answers the use's stamp, for `release`.
-   */
-  async consume(row: ImportTokenRow): Promise<string> {
-    const usedAt = this.clock.nowIso();
-    if (!(await this.store.importTokens.consume(row.tokenSha256, usedAt))) throw validation('importToken: already used; import tokens are single-use, request new import parameters');
-    return usedAt;
-  }
-
-  /** Gives back a token whose use failed before the token unwrapped anything (see ByokService). */
-  async release(row: ImportTokenRow, usedAt: string): Promise<void> {
-    await this.store.importTokens.release(row.tokenSha256, usedAt);
+  /** Uses the token up (compare-and-set: of two concurrent imports with one token, one gets it). */
+  async consume(row: ImportTokenRow): Promise<void> {
+    if (!(await this.store.importTokens.consume(row.tokenSha256, this.clock.nowIso()))) throw validation('importToken: already used; import tokens are single-use, request new import parameters');
   }
 
   /** Destroys the token's import pair and marks the token used (idempotent). */

@@ -71,8 +71,6 @@ export interface ImportTokensRepository {
   byCkaId(ckaId: string): Promise<ImportTokenRecord | undefined>;
   /** Single use: marks the token used if it was not (atomic); false when it already was. */
   consume(tokenSha256: string, nowIso: string): Promise<boolean>;
-  /** Undoes `consume(tokenSha256, usedAt)` (only that use: compare-and-set on the stamp). */
-  release(tokenSha256: string, usedAt: string): Promise<void>;
   /**
    * An organisation's open (unexpired, unused) import tokens in every region, and the first
    * expiry among them. Inside a transaction it also serialises concurrent issuers of the

@@ -53,10 +53,6 @@ export class SqlImportTokensRepository implements ImportTokensRepository {
     return r.changes === 1;
   }
 
-  async release(tokenSha256: string, usedAt: string): Promise<void> {
-    await this.q.run('UPDATE import_tokens SET used_at = NULL WHERE token_sha256 = ? AND used_at = ?', [tokenSha256, usedAt]);
-  }
-
   async markUsed(tokenSha256: string, nowIso: string): Promise<void> {
     await this.q.run('UPDATE import_tokens SET used_at = COALESCE(used_at, ?) WHERE token_sha256 = ?', [nowIso, tokenSha256]);
   }
