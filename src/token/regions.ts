@@ -17,6 +17,11 @@ const INDEX_WAIT_AT_START_MS = 250;
 
 /** Least time between two object-index re-reads of one library (ms). */
 const REREAD_SPACING_MS = 200;
+/**
+ * Waits before each quick reconnect of a region whose first connect failed (ms; ~3 s in all),
+ * before the retry loop's 5-second pace takes over.
+ */
+const QUICK_RECONNECT_MS = [50, 100, 200, 400, 800, 1600];
 
 export class RegionRegistry {
   private timer?: NodeJS.Timeout;
@@ -24,6 +29,8 @@ export class RegionRegistry {
   private readonly refreshing = new Map<string, Promise<void>>();
   /** Per library path: when the last re-read ended and how long it took (ms). */
   private readonly lastRefresh = new Map<string, { at: number; took: number }>();
+  /** Regions being reconnected quickly after a failed first connect (see recover). */
+  private readonly recovering = new Set<string>();
   private readonly probes = new Map<string, Promise<HashName[]>>();
   private readonly lastProbe = new Map<string, number>();
 
@@ -44,7 +51,34 @@ export class RegionRegistry {
     for (const t of this.tokens.values()) t.onMissingObject = () => this.refreshObjectIndex(t.settings.modulePath);
     // Libraries whose C_Initialize was started on a thread (see Pkcs11Library.initializeInBackground).
     await Promise.all([...this.tokens.values()].map((t) => Pkcs11Library.initializing(t.settings.modulePath)));
-    for (const name of this.tokens.keys()) await this.tryConnect(name, false, true);
+    for (const name of this.tokens.keys()) if (!(await this.tryConnect(name, false, true))) this.recover(name);
+  }
+
+  /**
+   * Reconnects a region whose first connect failed a few times within ~3 s (re-initialising
+   * the library when no other region uses it), and makes requests wait for that instead of
+   * answering 503. Why: SoftHSM2 2.6.1 rewrites its token file on every login, and a process
+   * that reads the file at that moment gets CKR_GENERAL_ERROR or no token label until it
+   * re-initialises (measured: several kmsd workers, daemons or kmsctl starting together).
+   */
+  private recover(name: string): void {
+    const t = this.tokens.get(name)!;
+    if (this.recovering.has(name)) return;
+    this.recovering.add(name);
+    const run = (async () => {
+      try {
+        for (const ms of QUICK_RECONNECT_MS) {
+          await new Promise((r) => setTimeout(r, ms));
+          if (t.available || (await this.tryConnect(name, true, true))) return;
+        }
+      } finally {
+        this.recovering.delete(name);
+      }
+    })();
+    t.rereading = run;
+    void run.finally(() => {
+      if (t.rereading === run) t.rereading = undefined;
+    });
   }
 
   private async tryConnect(name: string, retry = false, background = false): Promise<boolean> {
@@ -179,7 +213,7 @@ export class RegionRegistry {
 
   startRetry(intervalMs = 5000): void {
     this.timer = setInterval(() => {
-      for (const [name, t] of this.tokens) if (!t.available && !this.refreshing.has(t.settings.modulePath)) void this.tryConnect(name, true);
+      for (const [name, t] of this.tokens) if (!t.available && !this.refreshing.has(t.settings.modulePath) && !this.recovering.has(name)) void this.tryConnect(name, true);
     }, intervalMs);
     this.timer.unref();
   }
