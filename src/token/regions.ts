@@ -18,10 +18,10 @@ const INDEX_WAIT_AT_START_MS = 250;
 /** Least time between two object-index re-reads of one library (ms). */
 const REREAD_SPACING_MS = 200;
 /**
- * Waits before each quick reconnect of a region whose first connect failed (ms; ~3 s in all),
- * before the retry loop's 5-second pace takes over.
+ * Waits before each quick reconnect of a region whose first connect failed (ms): ~10 s in all,
+ * as long as a request waits for it (REREAD_WAIT_MS); then the retry loop's 5-second pace.
  */
-const QUICK_RECONNECT_MS = [50, 100, 200, 400, 800, 1600];
+const QUICK_RECONNECT_MS = [50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000];
 
 export class RegionRegistry {
   private timer?: NodeJS.Timeout;
@@ -55,7 +55,7 @@ export class RegionRegistry {
   }
 
   /**
-   * Reconnects a region whose first connect failed a few times within ~3 s (re-initialising
+   * Reconnects a region whose first connect failed a few times within ~10 s (re-initialising
    * the library when no other region uses it), and makes requests wait for that instead of
    * answering 503. Why: SoftHSM2 2.6.1 rewrites its token file on every login, and a process
    * that reads the file at that moment gets CKR_GENERAL_ERROR or no token label until it
@@ -182,6 +182,7 @@ export class RegionRegistry {
       const siblings = onLibrary.filter((t) => t.available);
       await Promise.all(siblings.map((t) => t.drain('re-reading the token object index')));
       const started = Date.now();
+      const failed: RegionToken[] = [];
       try {
         lib.reinitialize();
         for (const t of siblings)
@@ -190,16 +191,20 @@ export class RegionRegistry {
             t.connect({ background: true });
           } catch (e) {
             this.log.warn('region token unavailable after object index refresh', { region: t.settings.region, reason: (e as Error).message });
+            failed.push(t);
           }
       } catch (e) {
-        // the regions stay down; the retry loop reconnects them (never a rejected promise: callers only wait on it)
+        // never a rejected promise: callers only wait on it
         this.log.error('re-initialising the PKCS#11 library failed', { modulePath, reason: (e as Error).message });
+        failed.push(...siblings.filter((t) => !t.available && !failed.includes(t)));
       } finally {
         // In the same synchronous step as the re-initialisation: a miss seen after it needs a new re-read.
         this.lastRefresh.set(modulePath, { at: Date.now(), took: Date.now() - started });
         this.refreshing.delete(modulePath);
       }
       this.log.warn('re-initialised the PKCS#11 library to see objects another process created', { modulePath, ms: Date.now() - started });
+      // e.g. another process logging in at that moment (see recover): reconnected quickly, waited for
+      for (const t of failed) this.recover(this.nameOf(t));
     })();
     this.refreshing.set(modulePath, run);
     for (const t of onLibrary) {
@@ -209,6 +214,11 @@ export class RegionRegistry {
       });
     }
     return run;
+  }
+
+  private nameOf(t: RegionToken): string {
+    for (const [name, o] of this.tokens) if (o === t) return name;
+    return t.settings.region;
   }
 
   startRetry(intervalMs = 5000): void {

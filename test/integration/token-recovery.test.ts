@@ -39,6 +39,8 @@ describe('a token made unusable by other processes’ logins: kmsd recovers at o
     // the situation under test happened: a worker's connect failed on the token file (3 of 3 runs here)
     expect(failedConnects, 'connects that failed during the logins').to.be.at.least(1);
     const refused = replies.filter((r) => r.status >= 300).map((r) => `${r.status} ${JSON.stringify(r.body)}`);
-    expect(refused).to.deep.equal([]);
+    const kinds: Record<string, number> = {};
+    for (const r of refused) kinds[r.replace(/"requestId":"[^"]*"/, '')] = (kinds[r.replace(/"requestId":"[^"]*"/, '')] ?? 0) + 1;
+    expect(refused.length, JSON.stringify(kinds)).to.equal(0);
   });
 });
