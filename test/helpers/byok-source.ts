@@ -102,9 +102,15 @@ function main(tokenLabel: string, pin: string, cmd: SourceCommand): unknown {
         const all = p.C_FindObjects(s, 100000);
         p.C_FindObjectsFinal(s);
         return all
-          .map((h) => {
-            const [id, n] = p.C_GetAttributeValue(s, h, [{ type: P.CKA_ID }, { type: P.CKA_MODULUS }]);
-            return { id: (id!.value as Buffer).toString(), modulus: (n!.value as Buffer).toString('hex') };
+          .flatMap((h) => {
+            try {
+              const [id, n] = p.C_GetAttributeValue(s, h, [{ type: P.CKA_ID }, { type: P.CKA_MODULUS }]);
+              return [{ id: (id!.value as Buffer).toString(), modulus: (n!.value as Buffer).toString('hex') }];
+            } catch (e) {
+              // destroyed by the daemon (its sweep) between the search and this read: not there
+              if (e instanceof pkcs11js.Pkcs11Error && e.code === P.CKR_OBJECT_HANDLE_INVALID) return [];
+              throw e;
+            }
           })
           .filter((o) => o.id.startsWith(cmd.idPrefix));
       }
