@@ -204,7 +204,7 @@ export class RegionRegistry {
       }
       this.log.warn('re-initialised the PKCS#11 library to see objects another process created', { modulePath, ms: Date.now() - started });
       // e.g. another process logging in at that moment (see recover): reconnected quickly, waited for
-      for (const t of failed) this.recover(this.nameOf(t));
+      for (const t of failed) this.recover(t.settings.region);
     })();
     this.refreshing.set(modulePath, run);
     for (const t of onLibrary) {
@@ -214,11 +214,6 @@ export class RegionRegistry {
       });
     }
     return run;
-  }
-
-  private nameOf(t: RegionToken): string {
-    for (const [name, o] of this.tokens) if (o === t) return name;
-    return t.settings.region;
   }
 
   startRetry(intervalMs = 5000): void {
